@@ -1,0 +1,174 @@
+"""Argument normalisation shared by every public function.
+
+Each public function turns its "int or sequence" arguments into plain tuples of
+Python ints here, once, and validates them in Python. Everything downstream
+trusts the result. Because the checks run on static Python values, the errors
+fire eagerly, under ``jax.jit`` and under ``jax.eval_shape`` alike.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+
+Pads = tuple[tuple[int, int], ...]
+
+PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
+
+
+def _describe(value) -> str:
+  return f"{value!r} (type {type(value).__name__})"
+
+
+def _as_int(value, name: str) -> int:
+  """Returns ``value`` as a Python int, refusing bools, floats and arrays."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"`{name}` must hold integers, got the bool {value!r}.")
+  try:
+    return operator.index(value)
+  except TypeError:
+    raise TypeError(
+        f"`{name}` must hold integers, got {_describe(value)}.") from None
+
+
+def int_tuple(value, n: int, name: str, *, minimum: int | None = 1,
+              default: int | None = None) -> tuple[int, ...]:
+  """Normalises an int-or-sequence argument to a tuple of ``n`` ints.
+
+  Args:
+    value: an int (used for every dimension), a sequence of ``n`` ints, or
+      ``None`` (then ``default`` is used for every dimension).
+    n: the number of spatial dimensions.
+    name: the argument's name, used in error messages.
+    minimum: smallest allowed entry, or ``None`` for no bound.
+    default: the value used when ``value`` is ``None``.
+
+  Returns:
+    A tuple of ``n`` Python ints.
+
+  Raises:
+    TypeError: an entry is not an integer.
+    ValueError: the length is not ``n`` or an entry is below ``minimum``.
+  """
+  if value is None:
+    if default is None:
+      raise TypeError(f"`{name}` is required, got None.")
+    value = default
+  if isinstance(value, str):
+    raise TypeError(f"`{name}` must be an int or a sequence of {n} ints, got "
+                    f"the string {value!r}.")
+  if isinstance(value, (Sequence, np.ndarray)):
+    values = tuple(_as_int(v, name) for v in value)
+    if len(values) != n:
+      raise ValueError(
+          f"`{name}` must have one entry per spatial dimension ({n}), got "
+          f"{len(values)} entries: {tuple(value)!r}.")
+  else:
+    values = (_as_int(value, name),) * n
+  if minimum is not None and any(v < minimum for v in values):
+    bound = "positive" if minimum == 1 else f">= {minimum}"
+    raise ValueError(f"`{name}` entries must be {bound}, got {values!r}.")
+  return values
+
+
+def same_padding(in_sizes: Sequence[int], window_sizes: Sequence[int],
+                 strides: Sequence[int], lower: bool = False) -> Pads:
+  """The ``"SAME"`` padding: output size ``ceil(in / stride)`` per dimension.
+
+  The total padding of a dimension is ``max((out - 1) * stride + window - in,
+  0)``; ``"SAME"`` puts the odd element at the end, ``"SAME_LOWER"`` at the
+  start. ``window_sizes`` are the effective (dilated) window extents.
+  """
+  pads = []
+  for size, window, stride in zip(in_sizes, window_sizes, strides):
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    small, large = total // 2, total - total // 2
+    pads.append((large, small) if lower else (small, large))
+  return tuple(pads)
+
+
+def padding_pairs(padding, in_sizes: Sequence[int], window_sizes: Sequence[int],
+                  strides: Sequence[int], *, name: str = "padding",
+                  allow_negative: bool = True,
+                  strings: Sequence[str] = PADDING_STRINGS) -> Pads:
+  """Normalises a padding argument to explicit ``(lo, hi)`` pairs.
+
+  Args:
+    padding: one of ``strings``; an int (the same on both sides of every
+      dimension); a sequence of ints (symmetric, one per dimension); or a
+      sequence of ``(lo, hi)`` pairs, one per dimension.
+    in_sizes: the spatial sizes the padding applies to (after any input
+      dilation).
+    window_sizes: the effective (dilated) window extents, for ``"SAME"``.
+    strides: the window strides, for ``"SAME"``.
+    name: the argument's name, used in error messages.
+    allow_negative: whether negative entries (cropping) are accepted.
+    strings: the padding strings accepted.
+
+  Returns:
+    A tuple of ``(lo, hi)`` int pairs, one per spatial dimension.
+  """
+  n = len(in_sizes)
+  if isinstance(padding, str):
+    key = padding.upper()
+    if key not in strings:
+      raise ValueError(f"`{name}` string must be one of {tuple(strings)}, got "
+                       f"{padding!r}.")
+    if key == "VALID":
+      return ((0, 0),) * n
+    return same_padding(in_sizes, window_sizes, strides,
+                        lower=key == "SAME_LOWER")
+  if isinstance(padding, (Sequence, np.ndarray)) and not isinstance(
+      padding, str):
+    entries = list(padding)
+    if len(entries) != n:
+      raise ValueError(
+          f"`{name}` must have one entry per spatial dimension ({n}), got "
+          f"{len(entries)}: {padding!r}.")
+    pairs = []
+    for entry in entries:
+      if isinstance(entry, (Sequence, np.ndarray)) and not isinstance(
+          entry, str):
+        if len(entry) != 2:
+          raise ValueError(f"`{name}` pairs must be (lo, hi), got {entry!r} in "
+                           f"{padding!r}.")
+        pairs.append((_as_int(entry[0], name), _as_int(entry[1], name)))
+      else:
+        value = _as_int(entry, name)
+        pairs.append((value, value))
+    pads = tuple(pairs)
+  else:
+    value = _as_int(padding, name)
+    pads = ((value, value),) * n
+  if not allow_negative and any(lo < 0 or hi < 0 for lo, hi in pads):
+    raise ValueError(f"`{name}` must be non-negative, got {pads!r}.")
+  return pads
+
+
+def dilated_size(size: int, dilation: int) -> int:
+  """Extent of ``size`` elements with ``dilation - 1`` holes between them."""
+  return 0 if size == 0 else (size - 1) * dilation + 1
+
+
+def window_count(padded_size: int, window: int, stride: int) -> int:
+  """Number of windows of extent ``window`` at stride ``stride``: eq. (4)."""
+  if padded_size < window:
+    return 0
+  return (padded_size - window) // stride + 1
+
+
+def check_floating(x, name: str) -> np.dtype:
+  """Raises TypeError unless ``x`` is a real floating-point array."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
+                    f"{type(x).__name__}.")
+  dtype = np.dtype(dtype)
+  if not np.issubdtype(dtype, np.floating):
+    raise TypeError(
+        f"`{name}` must have a real floating-point dtype (float16, bfloat16, "
+        f"float32, float64), got {dtype}.")
+  return dtype
