@@ -17,6 +17,40 @@ from jaxconv.conv import (
     make_conv_geometry,
 )
 
+from jaxconv.layers import (
+    dense,
+    dense_bias_grad,
+    dense_input_grad,
+    dense_kernel_grad,
+    leaky_relu,
+    leaky_relu_grad,
+    mse,
+    mse_predictions_grad,
+    mse_targets_grad,
+    relu,
+    relu_grad,
+    sigmoid,
+    sigmoid_grad,
+    softmax_cross_entropy,
+    softmax_cross_entropy_grad,
+    tanh,
+    tanh_grad,
+)
+
+from jaxconv.pooling import (
+    avg_pool,
+    avg_pool_grad,
+    lp_pool,
+    lp_pool_grad,
+    max_pool,
+    max_pool_grad,
+    max_pool_with_indices,
+    max_unpool,
+    max_unpool_grad,
+    min_pool,
+    min_pool_grad,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -29,4 +63,32 @@ __all__ = [
     "conv_output_shape",
     "conv_transpose",
     "make_conv_geometry",
+    "dense",
+    "dense_bias_grad",
+    "dense_input_grad",
+    "dense_kernel_grad",
+    "leaky_relu",
+    "leaky_relu_grad",
+    "mse",
+    "mse_predictions_grad",
+    "mse_targets_grad",
+    "relu",
+    "relu_grad",
+    "sigmoid",
+    "sigmoid_grad",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_grad",
+    "tanh",
+    "tanh_grad",
+    "avg_pool",
+    "avg_pool_grad",
+    "lp_pool",
+    "lp_pool_grad",
+    "max_pool",
+    "max_pool_grad",
+    "max_pool_with_indices",
+    "max_unpool",
+    "max_unpool_grad",
+    "min_pool",
+    "min_pool_grad",
 ]

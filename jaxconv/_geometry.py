@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 Pads = tuple[tuple[int, int], ...]
@@ -160,6 +161,36 @@ def window_count(padded_size: int, window: int, stride: int) -> int:
   return (padded_size - window) // stride + 1
 
 
+def pool_window_count(size: int, pad_lo: int, pad_hi: int, window: int,
+                      stride: int, ceil_mode: bool = False) -> int:
+  """Number of pooling windows along one dimension, PyTorch's rule.
+
+  Floor mode is :func:`window_count` on the padded size. With ``ceil_mode``
+  the division rounds up, so a last, partial window may hang over the end of
+  the padding; a window that would start inside the right padding (at or past
+  ``pad_lo + size``) is dropped. This is ``pooling_output_shape_pad_lr`` in
+  PyTorch and eq. (31) of the derivation.
+
+  Args:
+    size: the unpadded input size.
+    pad_lo: padding before the input.
+    pad_hi: padding after the input.
+    window: the effective (dilated) window extent.
+    stride: the window stride.
+    ceil_mode: round the division up instead of down.
+
+  Returns:
+    The number of windows; ``<= 0`` means no window fits.
+  """
+  span = size + pad_lo + pad_hi - window
+  if not ceil_mode:
+    return span // stride + 1
+  count = -(-span // stride) + 1
+  if (count - 1) * stride >= size + pad_lo:
+    count -= 1
+  return count
+
+
 def check_floating(x, name: str) -> np.dtype:
   """Raises TypeError unless ``x`` is a real floating-point array."""
   dtype = getattr(x, "dtype", None)
@@ -167,7 +198,9 @@ def check_floating(x, name: str) -> np.dtype:
     raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
                     f"{type(x).__name__}.")
   dtype = np.dtype(dtype)
-  if not np.issubdtype(dtype, np.floating):
+  # jnp.issubdtype, not np.issubdtype: NumPy does not count the ml_dtypes
+  # extension type bfloat16 as floating.
+  if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(
         f"`{name}` must have a real floating-point dtype (float16, bfloat16, "
         f"float32, float64), got {dtype}.")

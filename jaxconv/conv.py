@@ -375,12 +375,13 @@ def _broadcast_bias(bias, ndim: int, feature_axis: int):
 
 
 def _add_bias_fwd(y, bias, feature_axis: int):
-  return _add_bias(y, bias, feature_axis), bias.dtype
+  # Nothing to keep: the bias gradient needs only the cotangent.
+  return _add_bias(y, bias, feature_axis), None
 
 
-def _add_bias_bwd(feature_axis: int, bias_dtype, cotangent):
-  bias_grad = _bias_gradient(cotangent, feature_axis).astype(bias_dtype)
-  return cotangent, bias_grad
+def _add_bias_bwd(feature_axis: int, residuals, cotangent):
+  del residuals
+  return cotangent, _bias_gradient(cotangent, feature_axis)
 
 
 def _bias_gradient(cotangent, feature_axis: int):
@@ -459,6 +460,15 @@ def _canonical_precision(precision):
       f"or a pair of them, got {precision!r}.")
 
 
+_LAYER_NAMES = {"window_strides": "stride", "rhs_dilation": "dilation",
+                "feature_group_count": "groups", "lhs": "x", "rhs": "w"}
+
+
+def _argument_namer(names):
+  names = names or {}
+  return lambda key: names.get(key, key)
+
+
 def make_conv_geometry(
     lhs_shape: Sequence[int],
     rhs_shape: Sequence[int],
@@ -471,6 +481,8 @@ def make_conv_geometry(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    names: dict[str, str] | None = None,
 ) -> ConvGeometry:
   """Validates convolution arguments and normalises them into a geometry.
 
@@ -492,76 +504,80 @@ def make_conv_geometry(
     batch_group_count: number of batch groups.
     precision: as in ``lax``.
     preferred_element_type: accumulation/result dtype or ``None``.
+    names: how the caller calls these arguments, for error messages (e.g.
+      ``{"window_strides": "stride"}``); missing keys keep the lax names.
 
   Returns:
     A ``ConvGeometry``.
   """
+  name = _argument_namer(names)
   lhs_shape = _shape_of(lhs_shape, "lhs_shape")
   rhs_shape = _shape_of(rhs_shape, "rhs_shape")
   dnums = _dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
   lhs_spec, rhs_spec, _ = dnums
   n = len(lhs_shape) - 2
-  strides = _geometry.int_tuple(window_strides, n, "window_strides")
-  lhs_dil = _geometry.int_tuple(lhs_dilation, n, "lhs_dilation", default=1)
-  rhs_dil = _geometry.int_tuple(rhs_dilation, n, "rhs_dilation", default=1)
+  strides = _geometry.int_tuple(window_strides, n, name("window_strides"))
+  lhs_dil = _geometry.int_tuple(lhs_dilation, n, name("lhs_dilation"), default=1)
+  rhs_dil = _geometry.int_tuple(rhs_dilation, n, name("rhs_dilation"), default=1)
   kernel = _spatial(rhs_shape, rhs_spec)
   if any(k < 1 for k in kernel):
     raise ValueError(
-        f"`rhs` spatial sizes must be positive, got {kernel} (rhs shape "
+        f"`{name('rhs')}` spatial sizes must be positive, got {kernel} (rhs shape "
         f"{rhs_shape}).")
   in_sizes = _spatial(lhs_shape, lhs_spec)
   if isinstance(padding, str) and any(a != 1 for a in lhs_dil):
     raise ValueError(
-        f"`padding` string {padding!r} is not defined together with "
-        f"`lhs_dilation` {lhs_dil}; give explicit (lo, hi) pairs, or use "
+        f"`{name('padding')}` string {padding!r} is not defined together with "
+        f"`{name('lhs_dilation')}` {lhs_dil}; give explicit (lo, hi) pairs, or use "
         f"`conv_transpose` for a fractionally strided convolution.")
   if not isinstance(padding, str):
     if not isinstance(padding, (Sequence, np.ndarray)) or any(
         not isinstance(p, (Sequence, np.ndarray)) for p in padding):
       raise TypeError(
-          f"`padding` must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence of "
+          f"`{name('padding')}` must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence of "
           f"{n} (lo, hi) pairs, got {padding!r}.")
   windows = [_geometry.dilated_size(k, d) for k, d in zip(kernel, rhs_dil)]
-  pads = _geometry.padding_pairs(padding, in_sizes, windows, strides)
-  groups = _geometry._as_int(feature_group_count, "feature_group_count")
+  pads = _geometry.padding_pairs(padding, in_sizes, windows, strides,
+                                 name=name("padding"))
+  groups = _geometry._as_int(feature_group_count, name("feature_group_count"))
   batch_groups = _geometry._as_int(batch_group_count, "batch_group_count")
   if groups < 1:
-    raise ValueError(f"`feature_group_count` must be positive, got {groups}.")
+    raise ValueError(f"`{name('feature_group_count')}` must be positive, got {groups}.")
   if batch_groups < 1:
     raise ValueError(
-        f"`batch_group_count` must be positive, got {batch_groups}.")
+        f"`{name('batch_group_count')}` must be positive, got {batch_groups}.")
   if groups > 1 and batch_groups > 1:
     raise ValueError(
-        f"At most one of `feature_group_count` ({groups}) and "
-        f"`batch_group_count` ({batch_groups}) may exceed 1.")
+        f"At most one of `{name('feature_group_count')}` ({groups}) and "
+        f"`{name('batch_group_count')}` ({batch_groups}) may exceed 1.")
   batch, in_features = lhs_shape[lhs_spec[0]], lhs_shape[lhs_spec[1]]
   out_features, kernel_in = rhs_shape[rhs_spec[0]], rhs_shape[rhs_spec[1]]
   if in_features % groups:
     raise ValueError(
-        f"`feature_group_count` ({groups}) must divide the input features "
+        f"`{name('feature_group_count')}` ({groups}) must divide the input features "
         f"({in_features}).")
   if kernel_in * groups != in_features:
     raise ValueError(
-        f"`rhs` input-feature size must be input features / "
+        f"`{name('rhs')}` input-feature size must be input features / "
         f"feature_group_count = {in_features} / {groups} = "
         f"{in_features // groups}, got {kernel_in} (rhs shape {rhs_shape}).")
   if out_features % groups:
     raise ValueError(
-        f"`feature_group_count` ({groups}) must divide the kernel's output "
+        f"`{name('feature_group_count')}` ({groups}) must divide the kernel's output "
         f"features ({out_features}).")
   if batch % batch_groups:
     raise ValueError(
-        f"`batch_group_count` ({batch_groups}) must divide the batch size "
+        f"`{name('batch_group_count')}` ({batch_groups}) must divide the batch size "
         f"({batch}).")
   if out_features % batch_groups:
     raise ValueError(
-        f"`batch_group_count` ({batch_groups}) must divide the kernel's output "
+        f"`{name('batch_group_count')}` ({batch_groups}) must divide the kernel's output "
         f"features ({out_features}).")
   if preferred_element_type is not None:
     preferred = np.dtype(preferred_element_type)
     if not np.issubdtype(preferred, np.floating):
       raise TypeError(
-          f"`preferred_element_type` must be a floating dtype, got "
+          f"`{name('preferred_element_type')}` must be a floating dtype, got "
           f"{preferred}.")
     preferred_element_type = preferred
   precision = _canonical_precision(precision)
@@ -821,18 +837,9 @@ def conv(
   lhs = x.reshape((int(np.prod(batch_shape, dtype=int)),) + x.shape[-n - 1:])
   if not isinstance(padding, str):
     padding = _layer_padding(padding, n)
-  try:
-    geometry = make_conv_geometry(
-        lhs.shape, w.shape, stride, padding, None, dilation,
-        _channels_last_numbers(n), groups)
-  except (TypeError, ValueError) as error:
-    message = str(error)
-    for internal, public in (("window_strides", "stride"),
-                             ("rhs_dilation", "dilation"),
-                             ("feature_group_count", "groups"),
-                             ("`rhs`", "`w`"), ("`lhs`", "`x`")):
-      message = message.replace(internal, public)
-    raise type(error)(message) from None
+  geometry = make_conv_geometry(
+      lhs.shape, w.shape, stride, padding, None, dilation,
+      _channels_last_numbers(n), groups, names=_LAYER_NAMES)
   y = _conv(lhs, w, geometry)
   if b is not None:
     _geometry.check_floating(b, "b")

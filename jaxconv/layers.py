@@ -35,6 +35,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv._geometry import check_floating
+from jaxconv.conv import _check_dtypes  # same-dtype rule as conv's
 
 __all__ = [
     "dense",
@@ -44,16 +45,16 @@ __all__ = [
     "sigmoid",
     "mse",
     "softmax_cross_entropy",
-    "dense_input_gradient",
-    "dense_weight_gradient",
-    "dense_bias_gradient",
-    "relu_gradient",
-    "leaky_relu_gradient",
-    "tanh_gradient",
-    "sigmoid_gradient",
-    "mse_predictions_gradient",
-    "mse_targets_gradient",
-    "softmax_cross_entropy_gradient",
+    "dense_input_grad",
+    "dense_kernel_grad",
+    "dense_bias_grad",
+    "relu_grad",
+    "leaky_relu_grad",
+    "tanh_grad",
+    "sigmoid_grad",
+    "mse_predictions_grad",
+    "mse_targets_grad",
+    "softmax_cross_entropy_grad",
 ]
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -87,11 +88,12 @@ def dense(x, w, b=None):
     b: optional bias ``b^l``, shape ``(d_out,)``.
 
   Returns:
-    The pre-activation ``x^l``, shape ``(..., d_out)``, in the promoted dtype
-    of the arguments.
+    The pre-activation ``x^l``, shape ``(..., d_out)``, in the arguments'
+    dtype.
 
   Raises:
-    TypeError: an argument is not a real floating-point array.
+    TypeError: an argument is not a real floating-point array, or the dtypes
+      differ (as in :func:`jaxconv.conv`, cast explicitly).
     ValueError: ``x`` is 0-d, ``w`` is not 2-d, ``x.shape[-1] != w.shape[0]``,
       or ``b.shape != (w.shape[1],)``.
 
@@ -101,8 +103,7 @@ def dense(x, w, b=None):
     Array([[3., 4., 5., 6.],
            [3., 4., 5., 6.]], dtype=float32)
   """
-  check_floating(x, "x")
-  check_floating(w, "w")
+  _check_dtypes(x, w, "x", "w")
   _check_min_ndim(x, 1, "x", "(the last is the feature axis)")
   if w.ndim != 2:
     raise ValueError(f"`w` must be 2-d with shape (d_in, d_out), got shape "
@@ -112,18 +113,11 @@ def dense(x, w, b=None):
         f"`x` has {x.shape[-1]} features on its last axis but `w` expects "
         f"d_in = {w.shape[0]} (x shape {tuple(x.shape)}, w shape "
         f"{tuple(w.shape)}).")
-  operands = [x, w]
   if b is not None:
-    check_floating(b, "b")
+    _check_dtypes(x, b, "x", "b")
     if tuple(b.shape) != (w.shape[1],):
       raise ValueError(f"`b` must have shape (d_out,) = ({w.shape[1]},), got "
                        f"{tuple(b.shape)}.")
-    operands.append(b)
-  # Promote once, here; the casts differentiate to casts of the gradients.
-  dtype = jnp.result_type(*operands)
-  x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
-  if b is not None:
-    b = jnp.asarray(b, dtype)
   return _dense(x, w, b)
 
 
@@ -150,33 +144,33 @@ def _dense_fwd(x, w, b):
   return _dense(x, w, b), (x, w, b is not None)
 
 
-def _dense_bwd(residuals, delta):
+def _dense_bwd(residuals, cotangent):
   x, w, has_bias = residuals
-  return (dense_input_gradient(delta, w),
-          dense_weight_gradient(x, delta),
-          dense_bias_gradient(delta) if has_bias else None)
+  return (dense_input_grad(cotangent, w),
+          dense_kernel_grad(x, cotangent),
+          dense_bias_grad(cotangent) if has_bias else None)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def dense_input_gradient(delta, w):
+def dense_input_grad(cotangent, w):
   r"""Gradient of a dense layer with respect to its input, eq. (52).
 
   .. math:: \frac{\partial E}{\partial o^{l-1}_{n,i}}
             = \sum_j \delta^l_{n,j} W^l_{i,j}
 
   Args:
-    delta: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
+    cotangent: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
     w: the kernel ``W^l``, shape ``(d_in, d_out)``.
 
   Returns:
     ``dE/do^{l-1}``, shape ``(..., d_in)``.
   """
-  return jnp.matmul(delta, w.T, precision=_HIGHEST)
+  return jnp.matmul(cotangent, w.T, precision=_HIGHEST)
 
 
-def dense_weight_gradient(x, delta):
+def dense_kernel_grad(x, cotangent):
   r"""Gradient of a dense layer with respect to its kernel, eq. (53).
 
   .. math:: \frac{\partial E}{\partial W^l_{i,j}}
@@ -184,28 +178,28 @@ def dense_weight_gradient(x, delta):
 
   Args:
     x: the layer input ``o^{l-1}``, shape ``(..., d_in)``.
-    delta: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
+    cotangent: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
 
   Returns:
     ``dE/dW^l``, shape ``(d_in, d_out)``: a sum over every leading position.
   """
   x_rows = x.reshape(-1, x.shape[-1])
-  delta_rows = delta.reshape(-1, delta.shape[-1])
-  return jnp.matmul(x_rows.T, delta_rows, precision=_HIGHEST)
+  cotangent_rows = cotangent.reshape(-1, cotangent.shape[-1])
+  return jnp.matmul(x_rows.T, cotangent_rows, precision=_HIGHEST)
 
 
-def dense_bias_gradient(delta):
+def dense_bias_grad(cotangent):
   r"""Gradient of a dense layer with respect to its bias, eq. (54).
 
   .. math:: \frac{\partial E}{\partial b^l_j} = \sum_n \delta^l_{n,j}
 
   Args:
-    delta: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
+    cotangent: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
 
   Returns:
     ``dE/db^l``, shape ``(d_out,)``.
   """
-  return delta.reshape(-1, delta.shape[-1]).sum(axis=0)
+  return cotangent.reshape(-1, cotangent.shape[-1]).sum(axis=0)
 
 
 # -----------------------------------------------------------------------------
@@ -254,27 +248,27 @@ def _relu_fwd(x):
   return y, y
 
 
-def _relu_bwd(y, output_gradient):
-  return (relu_gradient(output_gradient, y),)
+def _relu_bwd(y, cotangent):
+  return (relu_grad(cotangent, y),)
 
 
 _relu.defvjp(_relu_fwd, _relu_bwd)
 
 
-def relu_gradient(output_gradient, y):
+def relu_grad(cotangent, y):
   r"""Gradient of relu with respect to its input, eqs. (56)-(57).
 
   .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot
             \mathbf{1}[o^l > 0]
 
   Args:
-    output_gradient: ``dE/do^l``, the shape of ``y``.
+    cotangent: ``dE/do^l``, the shape of ``y``.
     y: the relu output ``o^l``.
 
   Returns:
     ``delta^l = dE/dx^l``.
   """
-  return jnp.where(y > 0, output_gradient, jnp.zeros_like(output_gradient))
+  return jnp.where(y > 0, cotangent, jnp.zeros_like(cotangent))
 
 
 def leaky_relu(x, negative_slope=0.01):
@@ -324,29 +318,29 @@ def _leaky_relu_fwd(x, negative_slope):
   return _leaky_relu(x, negative_slope), x >= 0
 
 
-def _leaky_relu_bwd(negative_slope, nonnegative, output_gradient):
-  return (leaky_relu_gradient(output_gradient, nonnegative, negative_slope),)
+def _leaky_relu_bwd(negative_slope, nonnegative, cotangent):
+  return (leaky_relu_grad(cotangent, nonnegative, negative_slope),)
 
 
 _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 
 
-def leaky_relu_gradient(output_gradient, nonnegative, negative_slope):
+def leaky_relu_grad(cotangent, nonnegative, negative_slope):
   r"""Gradient of leaky relu with respect to its input, eqs. (56), (58).
 
   .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot
             \begin{cases} 1 & x^l \ge 0 \\ \alpha & x^l < 0 \end{cases}
 
   Args:
-    output_gradient: ``dE/do^l``.
-    nonnegative: boolean mask ``x^l >= 0``, the shape of ``output_gradient``.
+    cotangent: ``dE/do^l``.
+    nonnegative: boolean mask ``x^l >= 0``, the shape of ``cotangent``.
     negative_slope: ``alpha``, a Python float.
 
   Returns:
     ``delta^l = dE/dx^l``.
   """
-  return jnp.where(nonnegative, output_gradient,
-                   negative_slope * output_gradient)
+  return jnp.where(nonnegative, cotangent,
+                   negative_slope * cotangent)
 
 
 def tanh(x):
@@ -385,26 +379,26 @@ def _tanh_fwd(x):
   return y, y
 
 
-def _tanh_bwd(y, output_gradient):
-  return (tanh_gradient(output_gradient, y),)
+def _tanh_bwd(y, cotangent):
+  return (tanh_grad(cotangent, y),)
 
 
 _tanh.defvjp(_tanh_fwd, _tanh_bwd)
 
 
-def tanh_gradient(output_gradient, y):
+def tanh_grad(cotangent, y):
   r"""Gradient of tanh with respect to its input, eqs. (56), (59).
 
   .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot (1 - (o^l)^2)
 
   Args:
-    output_gradient: ``dE/do^l``.
+    cotangent: ``dE/do^l``.
     y: the tanh output ``o^l``.
 
   Returns:
     ``delta^l = dE/dx^l``.
   """
-  return output_gradient * (1 - y * y)
+  return cotangent * (1 - y * y)
 
 
 def sigmoid(x):
@@ -436,8 +430,8 @@ def _sigmoid(x):
 #   (60)  f'(x) = sigma(x) (1 - sigma(x)) = o (1 - o)
 #
 # Residual: the output o^l. In saturation o rounds to 1 (x >~ 17 in float32)
-# and the factor to exactly 0; for very negative x, o underflows gradually and
-# o (1 - o) = o stays accurate. Neither end produces inf or NaN.
+# and the factor to exactly 0; for very negative x, o (1 - o) = o stays
+# accurate until o itself underflows to 0. Neither end gives inf or NaN.
 
 
 def _sigmoid_fwd(x):
@@ -445,26 +439,26 @@ def _sigmoid_fwd(x):
   return y, y
 
 
-def _sigmoid_bwd(y, output_gradient):
-  return (sigmoid_gradient(output_gradient, y),)
+def _sigmoid_bwd(y, cotangent):
+  return (sigmoid_grad(cotangent, y),)
 
 
 _sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
 
 
-def sigmoid_gradient(output_gradient, y):
+def sigmoid_grad(cotangent, y):
   r"""Gradient of the sigmoid with respect to its input, eqs. (56), (60).
 
   .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot o^l (1 - o^l)
 
   Args:
-    output_gradient: ``dE/do^l``.
+    cotangent: ``dE/do^l``.
     y: the sigmoid output ``o^l``.
 
   Returns:
     ``delta^l = dE/dx^l``.
   """
-  return output_gradient * (y * (1 - y))
+  return cotangent * (y * (1 - y))
 
 
 # -----------------------------------------------------------------------------
@@ -493,21 +487,20 @@ def mse(predictions, targets):
       differentiable too (eq. (63)).
 
   Returns:
-    The scalar loss ``E``, in the promoted dtype of the arguments.
+    The scalar loss ``E``, in the arguments' dtype.
 
   Raises:
-    TypeError: an argument is not a real floating-point array.
+    TypeError: an argument is not a real floating-point array, or the dtypes
+      differ.
     ValueError: ``predictions`` is 0-d, or the shapes differ.
   """
-  check_floating(predictions, "predictions")
-  check_floating(targets, "targets")
+  _check_dtypes(predictions, targets, "predictions", "targets")
   _check_min_ndim(predictions, 1, "predictions", "(the first is the batch)")
   if predictions.shape != targets.shape:
     raise ValueError(
         f"`targets` must have the shape of `predictions`, "
         f"{tuple(predictions.shape)}, got {tuple(targets.shape)}.")
-  dtype = jnp.result_type(predictions, targets)
-  return _mse(jnp.asarray(predictions, dtype), jnp.asarray(targets, dtype))
+  return _mse(predictions, targets)
 
 
 @jax.custom_vjp
@@ -531,14 +524,14 @@ def _mse_fwd(predictions, targets):
 
 
 def _mse_bwd(difference, cotangent):
-  return (mse_predictions_gradient(cotangent, difference),
-          mse_targets_gradient(cotangent, difference))
+  return (mse_predictions_grad(cotangent, difference),
+          mse_targets_grad(cotangent, difference))
 
 
 _mse.defvjp(_mse_fwd, _mse_bwd)
 
 
-def mse_predictions_gradient(cotangent, difference):
+def mse_predictions_grad(cotangent, difference):
   r"""Gradient of :func:`mse` with respect to the predictions, eq. (62).
 
   .. math:: \frac{\partial E}{\partial y_{n,p}} = \frac{y_{n,p} - t_{n,p}}{B}
@@ -553,7 +546,7 @@ def mse_predictions_gradient(cotangent, difference):
   return difference * (cotangent / difference.shape[0])
 
 
-def mse_targets_gradient(cotangent, difference):
+def mse_targets_grad(cotangent, difference):
   r"""Gradient of :func:`mse` with respect to the targets, eq. (63).
 
   .. math:: \frac{\partial E}{\partial t_{n,p}} = \frac{t_{n,p} - y_{n,p}}{B}
@@ -586,9 +579,9 @@ def softmax_cross_entropy(logits, labels):
   ``optax.softmax_cross_entropy_with_integer_labels(z, c).mean()``.
 
   Labels are checked against ``[0, K)`` when they are concrete. Under
-  ``jax.jit`` they are traced and cannot be checked; an out-of-range label
-  then selects no class, as in ``jax.nn.one_hot``: its term is the
-  log-sum-exp alone.
+  ``jax.jit`` they are traced and cannot be checked in Python; an
+  out-of-range label (negative ones included) then makes the loss NaN, and
+  its row of the gradient, so that the mistake cannot train silently.
 
   Args:
     logits: ``z``, shape ``(..., K)``, real floating point.
@@ -631,7 +624,10 @@ def softmax_cross_entropy(logits, labels):
 
 
 def _one_hot(labels, num_classes, dtype):
-  return (labels[..., None] == jnp.arange(num_classes)).astype(dtype)
+  """Rows ``1[k = c_n]``; a row of NaN where ``c_n`` is outside ``[0, K)``."""
+  one_hot = (labels[..., None] == jnp.arange(num_classes)).astype(dtype)
+  valid = (labels >= 0) & (labels < num_classes)
+  return jnp.where(valid[..., None], one_hot, jnp.asarray(jnp.nan, dtype))
 
 
 def _log_softmax(logits):
@@ -667,7 +663,7 @@ def _softmax_cross_entropy_fwd(logits, labels):
 
 def _softmax_cross_entropy_bwd(residuals, cotangent):
   probabilities, labels = residuals
-  return (softmax_cross_entropy_gradient(cotangent, probabilities, labels),
+  return (softmax_cross_entropy_grad(cotangent, probabilities, labels),
           None)
 
 
@@ -675,7 +671,7 @@ _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd,
                               _softmax_cross_entropy_bwd)
 
 
-def softmax_cross_entropy_gradient(cotangent, probabilities, labels):
+def softmax_cross_entropy_grad(cotangent, probabilities, labels):
   r"""Gradient of :func:`softmax_cross_entropy` for the logits, eq. (66).
 
   .. math:: \frac{\partial E}{\partial z_{n,k}}

@@ -1,0 +1,411 @@
+"""Pooling geometry and the two data movements every pooling rule is made of.
+
+A pooling layer reads, for every output position ``o`` and every window offset
+``k``, the input element at the tap position (eq. (32) of the derivation)
+
+    t(o, k) = o * stride + k * dilation - pad_lo        (per spatial dimension)
+
+and every backward pass sends one value per ``(o, k)`` back to ``t(o, k)``.
+This module holds the pieces shared by the max, min, average and Lp rules:
+
+* :class:`PoolGeometry`, the hashable value the public functions build once
+  (:func:`pool_geometry`) and pass to the rules as a static argument;
+* :func:`window_view`, the strided slice that lines up the taps of offset ``k``
+  of every window with the output grid (the forward gather);
+* :func:`scatter_to_input`, its transpose: the sum over offsets of per-window
+  terms placed back at their taps, computed phase by phase (eq. (46));
+* static NumPy tables derived from the geometry: which taps are real, the first
+  real tap of each window, and the average's divisor (eq. (39)).
+
+Arrays here are canonical: ``(batch, *spatial, features)`` with exactly one
+batch axis. The public functions flatten and restore the user's leading axes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxconv import _geometry
+
+Pads = _geometry.Pads
+
+
+class PoolGeometry(NamedTuple):
+  """Everything a pooling rule needs to know about its windows.
+
+  Built by :func:`pool_geometry` at the public boundary and trusted afterwards.
+  All fields are tuples of Python ints with one entry per spatial dimension.
+
+  Attributes:
+    in_sizes: the spatial sizes of the unpadded input.
+    window: the number of taps of the window in each dimension.
+    strides: the distance between the starts of consecutive windows.
+    dilation: the distance between consecutive taps of one window.
+    padding: the declared ``(lo, hi)`` padding (after resolving ``"SAME"``).
+    out_sizes: the number of windows, eqs. (30) and (31).
+  """
+  in_sizes: tuple[int, ...]
+  window: tuple[int, ...]
+  strides: tuple[int, ...]
+  dilation: tuple[int, ...]
+  padding: Pads
+  out_sizes: tuple[int, ...]
+
+  @property
+  def rank(self) -> int:
+    """The number of spatial dimensions."""
+    return len(self.window)
+
+  @property
+  def window_extents(self) -> tuple[int, ...]:
+    """The effective window extent ``(window - 1) * dilation + 1``."""
+    return tuple(
+        _geometry.dilated_size(k, d) for k, d in zip(self.window, self.dilation))
+
+  @property
+  def window_size(self) -> int:
+    """The number of taps of one window."""
+    return math.prod(self.window)
+
+  @property
+  def offsets(self) -> tuple[tuple[int, ...], ...]:
+    """All window offsets ``k`` in row-major order (the tie-break order)."""
+    return tuple(itertools.product(*(range(k) for k in self.window)))
+
+  @property
+  def covered(self) -> tuple[int, ...]:
+    """The extent of the padded line the windows read: ``(out-1)*s + e``.
+
+    Under ``ceil_mode`` this may exceed ``lo + in + hi`` (the overhang of the
+    last window); in floor mode it may fall short of it (unread input).
+    """
+    return tuple((o - 1) * s + e for o, s, e in zip(
+        self.out_sizes, self.strides, self.window_extents))
+
+  @property
+  def edge_pads(self) -> Pads:
+    """The ``(lo, hi)`` that turn the input into exactly the covered extent.
+
+    ``hi`` is negative when the last input elements are read by no window.
+    """
+    return tuple((lo, c - lo - n) for (lo, _), c, n in zip(
+        self.padding, self.covered, self.in_sizes))
+
+
+def _is_sequence(value) -> bool:
+  return isinstance(value, (Sequence, np.ndarray)) and not isinstance(
+      value, str)
+
+
+def check_flag(value, name: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"`{name}` must be a bool, got {value!r} "
+                    f"(type {type(value).__name__}).")
+  return bool(value)
+
+
+def pool_geometry(shape: Sequence[int], window_shape, strides, padding,
+                  dilation=1, ceil_mode: bool = False, *,
+                  forbid_empty_windows: bool = False) -> PoolGeometry:
+  """Validates the pooling arguments once and returns their geometry.
+
+  The layout is Flax's: ``shape`` is ``(batch..., *spatial, features)`` with
+  zero or more leading batch axes and one spatial axis per entry of
+  ``window_shape``.
+
+  Args:
+    shape: the input's shape.
+    window_shape: a sequence with the window's number of taps per spatial
+      dimension.
+    strides: an int, a sequence of ints, or ``None`` (stride 1).
+    padding: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``, an int, a sequence of
+      ints or a sequence of ``(lo, hi)`` pairs; never negative.
+    dilation: an int or a sequence of ints: the window (not input) dilation.
+    ceil_mode: PyTorch's ``ceil_mode``, eq. (31).
+    forbid_empty_windows: enforce the rules of max and min pooling: no side's
+      padding may exceed half the effective window (PyTorch's check) and no
+      window may consist of padding only (which a dilated window can, even
+      within that bound).
+
+  Returns:
+    The :class:`PoolGeometry`.
+
+  Raises:
+    TypeError: an argument has the wrong type.
+    ValueError: an argument has the wrong length or value, or no window fits.
+  """
+  if not _is_sequence(window_shape):
+    raise TypeError(
+        "`window_shape` must be a sequence with one int per spatial dimension "
+        f"(it also sets their number), got {window_shape!r} "
+        f"(type {type(window_shape).__name__}).")
+  rank = len(window_shape)
+  if rank == 0:
+    raise ValueError("`window_shape` must have at least one entry, got ().")
+  shape = tuple(shape)
+  if len(shape) < rank + 1:
+    raise ValueError(
+        f"`window_shape` {tuple(window_shape)!r} has {rank} dimensions, but "
+        f"the input of shape {shape} has only {max(len(shape) - 1, 0)} spatial "
+        "dimensions (the layout is (batch..., *spatial, features)).")
+  window = _geometry.int_tuple(window_shape, rank, "window_shape")
+  strides = _geometry.int_tuple(strides, rank, "strides", default=1)
+  dilation = _geometry.int_tuple(dilation, rank, "dilation", default=1)
+  ceil_mode = check_flag(ceil_mode, "ceil_mode")
+  in_sizes = shape[len(shape) - rank - 1:-1]
+  extents = tuple(
+      _geometry.dilated_size(k, d) for k, d in zip(window, dilation))
+  pads = _geometry.padding_pairs(padding, in_sizes, extents, strides,
+                                 allow_negative=False)
+  out_sizes = tuple(
+      _geometry.pool_window_count(n, lo, hi, e, s, ceil_mode)
+      for n, (lo, hi), e, s in zip(in_sizes, pads, extents, strides))
+  for dim, (n, (lo, hi), e, out) in enumerate(
+      zip(in_sizes, pads, extents, out_sizes)):
+    if out < 1:
+      raise ValueError(
+          f"Pooling output size along spatial dimension {dim} would be {out}: "
+          f"the input size {n} plus padding ({lo}, {hi}) is smaller than the "
+          f"effective window extent {e}.")
+  geometry = PoolGeometry(in_sizes, window, strides, dilation, pads, out_sizes)
+  if forbid_empty_windows:
+    _check_no_empty_windows(geometry)
+  return geometry
+
+
+def _check_no_empty_windows(geometry: PoolGeometry) -> None:
+  """Raises ValueError when a max/min window could hold padding only."""
+  for dim, ((lo, hi), e) in enumerate(
+      zip(geometry.padding, geometry.window_extents)):
+    if lo > e // 2 or hi > e // 2:
+      raise ValueError(
+          f"`padding` ({lo}, {hi}) along spatial dimension {dim} is more than "
+          f"half the effective window extent {e} (at most {e // 2}); max and "
+          "min pooling would then have windows made of padding only.")
+  for dim, real in enumerate(real_taps(geometry)):
+    empty = np.flatnonzero(~real.any(axis=1))
+    if empty.size:
+      raise ValueError(
+          f"Window {int(empty[0])} along spatial dimension {dim} holds padding "
+          f"only (input size {geometry.in_sizes[dim]}, padding "
+          f"{geometry.padding[dim]}, window {geometry.window[dim]}, dilation "
+          f"{geometry.dilation[dim]}, stride {geometry.strides[dim]}); max and "
+          "min pooling need a real element in every window.")
+
+
+# ----------------------------------------------------------------------------
+# Static tables (NumPy, computed from the geometry alone).
+# ----------------------------------------------------------------------------
+
+
+def tap_positions(geometry: PoolGeometry) -> list[np.ndarray]:
+  """Per dimension, the ``(out, window)`` table of tap positions, eq. (32)."""
+  return [
+      np.arange(out)[:, None] * s + np.arange(k)[None, :] * d - lo
+      for out, k, s, d, (lo, _) in zip(geometry.out_sizes, geometry.window,
+                                       geometry.strides, geometry.dilation,
+                                       geometry.padding)
+  ]
+
+
+def real_taps(geometry: PoolGeometry) -> list[np.ndarray]:
+  """Per dimension, the ``(out, window)`` table of taps that hit the input."""
+  return [(t >= 0) & (t < n)
+          for t, n in zip(tap_positions(geometry), geometry.in_sizes)]
+
+
+def has_padding_taps(geometry: PoolGeometry) -> bool:
+  """Whether any window reads padding (declared or ceil-mode overhang)."""
+  return not all(real.all() for real in real_taps(geometry))
+
+
+def first_real_offset(geometry: PoolGeometry) -> np.ndarray:
+  """The flat offset of the first real tap of every window, row-major.
+
+  Max/min pooling routes the gradient of a window whose real values are all
+  ``-inf`` (``+inf`` for min) there, never to padding, eq. (34). Requires every
+  window to hold a real tap (see ``forbid_empty_windows``).
+
+  Returns:
+    An int array of shape ``out_sizes``.
+  """
+  flat = np.zeros(geometry.out_sizes, np.int64)
+  place = 1
+  for dim in reversed(range(geometry.rank)):
+    first = np.argmax(real_taps(geometry)[dim], axis=1)  # (out,)
+    shape = [1] * geometry.rank
+    shape[dim] = -1
+    flat = flat + first.reshape(shape) * place
+    place *= geometry.window[dim]
+  return flat
+
+
+def divisor_table(geometry: PoolGeometry, count_include_pad: bool) -> np.ndarray:
+  """The average's divisor ``D_o`` of every window, eq. (39) (PyTorch's rule).
+
+  With ``count_include_pad`` a window counts its taps inside the declared
+  padding ``[-lo, n + hi)`` but never the ceil-mode overhang beyond it;
+  without, only the taps inside the input ``[0, n)``. The count of a box
+  window is the product of its per-dimension counts.
+
+  Returns:
+    A float64 array of shape ``out_sizes``; 0 for a window with no counted tap.
+  """
+  table = np.ones((), np.float64)
+  for t, n, (lo, hi) in zip(tap_positions(geometry), geometry.in_sizes,
+                            geometry.padding):
+    low, high = (-lo, n + hi) if count_include_pad else (0, n)
+    counts = ((t >= low) & (t < high)).sum(axis=1).astype(np.float64)
+    table = np.multiply.outer(table, counts)
+  return table
+
+
+# ----------------------------------------------------------------------------
+# The two data movements.
+# ----------------------------------------------------------------------------
+
+
+def pad_to_covered(x: jax.Array, geometry: PoolGeometry, value) -> jax.Array:
+  """Pads (or crops) the spatial axes of ``x`` to the covered extent."""
+  config = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in geometry.edge_pads]
+  config.append((0, 0, 0))
+  if all(lo == 0 and hi == 0 for lo, hi, _ in config):
+    return x
+  return lax.pad(x, jnp.asarray(value, x.dtype), config)
+
+
+def window_view(padded: jax.Array, geometry: PoolGeometry,
+                offset: Sequence[int]) -> jax.Array:
+  """Tap ``offset`` of every window: ``padded[:, o*s + k*d, :]``, eq. (32).
+
+  Args:
+    padded: a canonical array already padded by :func:`pad_to_covered`.
+    geometry: the pooling geometry.
+    offset: the window offset ``k``, one int per spatial dimension.
+
+  Returns:
+    An array of shape ``(batch, *out_sizes, features)``.
+  """
+  start = [0] + [k * d for k, d in zip(offset, geometry.dilation)] + [0]
+  limit = [padded.shape[0]]
+  limit += [k * d + (out - 1) * s + 1 for k, d, out, s in zip(
+      offset, geometry.dilation, geometry.out_sizes, geometry.strides)]
+  limit.append(padded.shape[-1])
+  strides = (1,) + geometry.strides + (1,)
+  return lax.slice(padded, start, limit, strides)
+
+
+def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
+                     geometry: PoolGeometry, batch: int, features: int,
+                     dtype) -> jax.Array:
+  """Sends per-window terms back to their taps and sums them, eq. (46).
+
+  Computes ``dx[i] = sum over (o, k) with t(o, k) = i of term(k)[o]``, the
+  transpose of :func:`window_view` summed over offsets. Instead of adding one
+  full-size strided update per offset, the padded line is split into its
+  ``stride`` phases: position ``q*s + r`` receives only the offsets with
+  ``k*d = r (mod s)``, from output ``o = q - (k*d) // s``. Each phase is a sum
+  of shifted output-sized arrays, and the phases interleave back by a
+  reshape. With non-overlapping windows (``window == stride``, no dilation)
+  every phase is a single term and the whole scatter is one reshape.
+
+  Args:
+    term: ``term(flat_offset, offset)`` returns the value every window sends to
+      its tap ``offset``, shape ``(batch, *out_sizes, features)``, in
+      ``dtype``. It is called once per offset.
+    geometry: the pooling geometry.
+    batch: the canonical batch size.
+    features: the number of features.
+    dtype: the dtype of the result.
+
+  Returns:
+    An array of shape ``(batch, *in_sizes, features)``; taps in the padding
+    are dropped.
+  """
+  rank = geometry.rank
+  phases = tuple(-(-c // s) for c, s in zip(geometry.covered, geometry.strides))
+  groups: dict[tuple[int, ...], list] = {}
+  for flat, offset in enumerate(geometry.offsets):
+    residue = tuple((k * d) % s for k, d, s in zip(
+        offset, geometry.dilation, geometry.strides))
+    shift = tuple((k * d) // s for k, d, s in zip(
+        offset, geometry.dilation, geometry.strides))
+    groups.setdefault(residue, []).append((flat, offset, shift))
+
+  zero = jnp.zeros((), dtype)
+
+  def phase(residue):
+    total = None
+    for flat, offset, shift in groups.get(residue, ()):
+      value = term(flat, offset)
+      config = [(0, 0, 0)] + [(j, q - out - j, 0) for j, q, out in zip(
+          shift, phases, geometry.out_sizes)] + [(0, 0, 0)]
+      if any(lo or hi for lo, hi, _ in config):
+        value = lax.pad(value, zero, config)
+      total = value if total is None else total + value
+    if total is None:
+      total = jnp.zeros((batch,) + phases + (features,), dtype)
+    return total
+
+  def interleave(prefix):
+    # Stacks the phases of dimension len(prefix) next to its q axis and merges
+    # the two, so that position q * s + r comes out in order.
+    dim = len(prefix)
+    if dim == rank:
+      return phase(prefix)
+    parts = [interleave(prefix + (r,)) for r in range(geometry.strides[dim])]
+    if len(parts) == 1:
+      return parts[0]
+    stacked = jnp.stack(parts, axis=dim + 2)
+    shape = stacked.shape
+    return stacked.reshape(shape[:dim + 1] + (shape[dim + 1] * shape[dim + 2],)
+                           + shape[dim + 3:])
+
+  full = interleave(())
+  # `full` spans [0, phases * s) of the padded line; keep [lo, lo + n).
+  config = [(0, 0, 0)] + [(-lo, lo + n - q * s, 0) for (lo, _), n, q, s in zip(
+      geometry.padding, geometry.in_sizes, phases, geometry.strides)]
+  config.append((0, 0, 0))
+  if all(lo == 0 and hi == 0 for lo, hi, _ in config):
+    return full
+  return lax.pad(full, zero, config)
+
+
+# ----------------------------------------------------------------------------
+# Layout and dtypes.
+# ----------------------------------------------------------------------------
+
+
+def to_canonical(x: jax.Array, rank: int) -> jax.Array:
+  """Reshapes ``(batch..., *spatial, features)`` to ``(B, *spatial, C)``."""
+  batch_shape = x.shape[:x.ndim - rank - 1]
+  return x.reshape((math.prod(batch_shape),) + x.shape[x.ndim - rank - 1:])
+
+
+def from_canonical(y: jax.Array, batch_shape: tuple[int, ...]) -> jax.Array:
+  """Restores the leading batch axes removed by :func:`to_canonical`."""
+  return y.reshape(batch_shape + y.shape[1:])
+
+
+def accumulation_dtype(dtype) -> np.dtype:
+  """float32 for float16/bfloat16 sums, the dtype itself otherwise."""
+  dtype = np.dtype(dtype)
+  return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def offset_dtype(geometry: PoolGeometry) -> np.dtype:
+  """The smallest signed int dtype that holds a flat window offset."""
+  size = geometry.window_size
+  if size <= np.iinfo(np.int8).max + 1:
+    return np.dtype(np.int8)
+  if size <= np.iinfo(np.int16).max + 1:
+    return np.dtype(np.int16)
+  return np.dtype(np.int32)

@@ -1,0 +1,1023 @@
+"""N-D max, min, average and Lp pooling with hand-derived gradients.
+
+Every public pooling function takes Flax's layout -- ``(batch..., *spatial,
+features)`` with zero or more leading batch axes, ``window_shape`` over the
+spatial axes only, strides defaulting to 1 -- and carries a ``jax.custom_vjp``
+rule written from the textbook derivation in ``docs/derivation-pooling.md``
+(equations (30)-(48)): max and min pooling route each window's cotangent to its
+first winner, average pooling spreads it over the window, Lp pooling scales it
+by ``sign(x) (|x| / y)^(p-1)``. The gradient pieces are public functions of
+their own (``max_pool_grad``, ``avg_pool_grad``, ...), jit-able and
+differentiable, so second derivatives work too.
+
+Each rule below has three parts: the documented public function, a private
+``@jax.custom_vjp`` primal on canonical ``(batch, *spatial, features)`` arrays,
+and its ``_fwd``/``_bwd`` right underneath. The math of each forward and each
+gradient is a named function; ``_bwd`` only unpacks residuals and calls it.
+The geometry is validated and normalised once, at the public boundary, into a
+hashable :class:`~jaxconv._pool_windows.PoolGeometry` that the rules trust.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxconv import _geometry
+from jaxconv import _pool_windows as windows
+from jaxconv._pool_windows import PoolGeometry
+
+__all__ = [
+    "max_pool",
+    "min_pool",
+    "avg_pool",
+    "lp_pool",
+    "max_pool_with_indices",
+    "max_unpool",
+    "max_pool_grad",
+    "min_pool_grad",
+    "avg_pool_grad",
+    "lp_pool_grad",
+    "max_unpool_grad",
+]
+
+_MAX = "max"
+_MIN = "min"
+
+
+# ============================================================================
+# Boundary helpers: validation and layout.
+# ============================================================================
+
+
+def _prepare(x, window_shape, strides, padding, dilation, ceil_mode, *,
+             forbid_empty_windows=False):
+  """Validates ``x`` and the geometry; returns canonical x and the geometry."""
+  _geometry.check_floating(x, "x")
+  x = jnp.asarray(x)
+  geometry = windows.pool_geometry(
+      x.shape, window_shape, strides, padding, dilation, ceil_mode,
+      forbid_empty_windows=forbid_empty_windows)
+  batch_shape = x.shape[:x.ndim - geometry.rank - 1]
+  return windows.to_canonical(x, geometry.rank), geometry, batch_shape
+
+
+def _prepare_with_cotangent(x, cotangent, window_shape, strides, padding,
+                            dilation, ceil_mode, *, forbid_empty_windows=False,
+                            read_values=True):
+  """Like :func:`_prepare`, also checking the cotangent against the output.
+
+  With ``read_values=False`` only ``x.shape`` and ``x.dtype`` are used, so a
+  ``jax.ShapeDtypeStruct`` is accepted.
+  """
+  dtype = _geometry.check_floating(x, "x")
+  geometry = windows.pool_geometry(
+      x.shape, window_shape, strides, padding, dilation, ceil_mode,
+      forbid_empty_windows=forbid_empty_windows)
+  rank = geometry.rank
+  batch_shape = tuple(x.shape[:len(x.shape) - rank - 1])
+  expected = batch_shape + geometry.out_sizes + (x.shape[-1],)
+  _geometry.check_floating(cotangent, "cotangent")
+  if tuple(cotangent.shape) != expected:
+    raise ValueError(
+        f"`cotangent` must have the pooled output's shape {expected}, got "
+        f"{tuple(cotangent.shape)}.")
+  cotangent = windows.to_canonical(jnp.asarray(cotangent, dtype), rank)
+  if read_values:
+    x = windows.to_canonical(jnp.asarray(x), rank)
+  return x, cotangent, geometry, batch_shape
+
+
+def _check_norm_order(p) -> float:
+  """Returns ``p`` as a Python float after checking ``p > 0``."""
+  if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+    raise TypeError(
+        f"`p` must be a positive Python number (it is static), got {p!r} "
+        f"(type {type(p).__name__}).")
+  p = float(p)
+  if math.isnan(p) or p <= 0:
+    raise ValueError(f"`p` must be positive (or inf), got {p!r}.")
+  return p
+
+
+def _check_divisor_override(divisor_override):
+  if divisor_override is None:
+    return None
+  if isinstance(divisor_override, (bool, np.bool_)) or not isinstance(
+      divisor_override, numbers.Integral):
+    raise TypeError(
+        "`divisor_override` must be None or a nonzero int, got "
+        f"{divisor_override!r} (type {type(divisor_override).__name__}).")
+  if divisor_override == 0:
+    raise ValueError("`divisor_override` must be nonzero, got 0.")
+  return int(divisor_override)
+
+
+def _power(base, exponent: float):
+  """``base ** exponent`` for ``base >= 0``; integer powers by multiplication."""
+  if exponent == 1:
+    return base
+  if float(exponent).is_integer() and 1 < exponent <= 64:
+    return jax.lax.integer_pow(base, int(exponent))
+  return jnp.power(base, jnp.asarray(exponent, base.dtype))
+
+
+# ============================================================================
+# Max and min pooling.
+# ============================================================================
+
+
+def max_pool(x, window_shape, strides=None, padding="VALID", *, dilation=1,
+             ceil_mode=False):
+  """Max pooling over the spatial axes, with a first-winner gradient.
+
+  Computes, per window ``o`` (eq. (33)),
+
+      y[o] = max over real taps k of x[t(o, k)],   t(o, k) = o*s + k*d - lo,
+
+  and its gradient routes the whole cotangent of a window to the first maximum
+  in row-major window order (eq. (36)); overlapping windows add up. Padding is
+  never selected: a window whose real values are all ``-inf`` routes to its
+  first real element (eq. (34)). A window holding NaN outputs NaN and routes
+  to its first NaN (eq. (35)). The backward keeps only a small integer window
+  offset per output element (int8 for windows of up to 128 taps).
+
+  Args:
+    x: input of shape ``(batch..., *spatial, features)``, floating point.
+    window_shape: the number of taps per spatial dimension; its length sets
+      the number of spatial dimensions.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: ``"SAME"``, ``"VALID"``, ``"SAME_LOWER"``, an int, one int per
+      dimension or ``(lo, hi)`` pairs. At most half the effective window per
+      side (PyTorch's rule), so that no window is padding only.
+    dilation: window dilation, an int or one per spatial dimension.
+    ceil_mode: PyTorch's ``ceil_mode`` (eq. (31)): round the number of windows
+      up, dropping a window that would start inside the right padding.
+
+  Returns:
+    The pooled array ``(batch..., *out_sizes, features)``, same dtype as ``x``.
+
+  Raises:
+    TypeError: ``x`` is not a real floating-point array, or an argument has
+      the wrong type.
+    ValueError: window, stride or dilation ``<= 0``, lengths that do not match
+      the spatial rank, negative or excessive padding, output size ``< 1``.
+  """
+  xc, geometry, batch_shape = _prepare(
+      x, window_shape, strides, padding, dilation, ceil_mode,
+      forbid_empty_windows=True)
+  y, _ = _extremum_pool(xc, geometry, _MAX)
+  return windows.from_canonical(y, batch_shape)
+
+
+def min_pool(x, window_shape, strides=None, padding="VALID", *, dilation=1,
+             ceil_mode=False):
+  """Min pooling: :func:`max_pool` with the order reversed (eq. (37)).
+
+  The gradient goes to the first minimum of each window in row-major order;
+  padding (``+inf``) is never selected; NaN wins as in :func:`max_pool`.
+
+  Args:
+    x: input of shape ``(batch..., *spatial, features)``, floating point.
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: as in :func:`max_pool`.
+    dilation: window dilation, an int or one per spatial dimension.
+    ceil_mode: PyTorch's ``ceil_mode`` (eq. (31)).
+
+  Returns:
+    The pooled array ``(batch..., *out_sizes, features)``.
+
+  Raises:
+    TypeError, ValueError: as :func:`max_pool`.
+  """
+  xc, geometry, batch_shape = _prepare(
+      x, window_shape, strides, padding, dilation, ceil_mode,
+      forbid_empty_windows=True)
+  y, _ = _extremum_pool(xc, geometry, _MIN)
+  return windows.from_canonical(y, batch_shape)
+
+
+def max_pool_with_indices(x, window_shape, strides=None, padding="VALID", *,
+                          dilation=1, ceil_mode=False):
+  """Max pooling that also returns where each maximum came from.
+
+  The index of a window's winner is its flat row-major position in the
+  spatial axes of the unpadded input, per batch element and feature (eq.
+  (47)) -- what PyTorch's ``return_indices=True`` gives, in any number of
+  dimensions. :func:`max_unpool` inverts it. The values are differentiable
+  exactly as :func:`max_pool`; the indices are integers.
+
+  Args:
+    x: input of shape ``(batch..., *spatial, features)``, floating point.
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: as in :func:`max_pool`.
+    dilation: window dilation, an int or one per spatial dimension.
+    ceil_mode: PyTorch's ``ceil_mode`` (eq. (31)).
+
+  Returns:
+    ``(values, indices)``, both of shape ``(batch..., *out_sizes, features)``;
+    ``indices`` is int32 (int64 when the spatial size needs it, which requires
+    ``jax_enable_x64``).
+
+  Raises:
+    TypeError, ValueError: as :func:`max_pool`.
+  """
+  xc, geometry, batch_shape = _prepare(
+      x, window_shape, strides, padding, dilation, ceil_mode,
+      forbid_empty_windows=True)
+  y, offsets = _extremum_pool(xc, geometry, _MAX)
+  indices = winner_indices(offsets, geometry)
+  return (windows.from_canonical(y, batch_shape),
+          windows.from_canonical(indices, batch_shape))
+
+
+def max_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID", *,
+                  dilation=1, ceil_mode=False):
+  """The input gradient of :func:`max_pool`: eq. (36).
+
+  ``dx[i] = sum over windows o whose first winner is i of cotangent[o]``.
+  Jit-able and differentiable (linear in ``cotangent``; zero derivative in
+  ``x`` almost everywhere).
+
+  Args:
+    x: the primal input, ``(batch..., *spatial, features)``.
+    cotangent: the cotangent of the output, ``(batch..., *out_sizes,
+      features)``.
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: as in :func:`max_pool`.
+    dilation: window dilation.
+    ceil_mode: PyTorch's ``ceil_mode``.
+
+  Returns:
+    The gradient with respect to ``x``, same shape and dtype as ``x``.
+  """
+  return _extremum_pool_grad(x, cotangent, window_shape, strides, padding,
+                             dilation, ceil_mode, _MAX)
+
+
+def min_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID", *,
+                  dilation=1, ceil_mode=False):
+  """The input gradient of :func:`min_pool`: eq. (36) with eq. (37)'s winner.
+
+  Args:
+    x: the primal input, ``(batch..., *spatial, features)``.
+    cotangent: the cotangent of the output.
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: as in :func:`min_pool`.
+    dilation: window dilation.
+    ceil_mode: PyTorch's ``ceil_mode``.
+
+  Returns:
+    The gradient with respect to ``x``, same shape and dtype as ``x``.
+  """
+  return _extremum_pool_grad(x, cotangent, window_shape, strides, padding,
+                             dilation, ceil_mode, _MIN)
+
+
+def _extremum_pool_grad(x, cotangent, window_shape, strides, padding, dilation,
+                        ceil_mode, select):
+  xc, ct, geometry, batch_shape = _prepare_with_cotangent(
+      x, cotangent, window_shape, strides, padding, dilation, ceil_mode,
+      forbid_empty_windows=True)
+  _, offsets = extremum_and_offsets(jax.lax.stop_gradient(xc), geometry,
+                                    select)
+  return windows.from_canonical(route_to_winners(ct, offsets, geometry),
+                                batch_shape)
+
+
+# ----------------------------------------------------------------------------
+# Rule: max / min pooling.
+#
+#   Forward (33), (34), (35), (37): for every window o and offset k the tap is
+#   t(o, k) = o*s + k*d - lo (32). Scanning the offsets in row-major order,
+#       y[o]  = max_k x[t(o, k)],
+#       k*(o) = the first k attaining it; a NaN beats every number and the
+#               first NaN is kept; padding (-inf) is never k*: if the best
+#               value is -inf, k* is the first real tap.
+#   Min is the same scan with the comparison reversed and +inf padding.
+#
+#   Backward (36): y[o] = x[t(o, k*(o))] locally, so dy[o]/dx[i] is 1 when
+#   t(o, k*(o)) = i and 0 otherwise, and
+#       dx[i] = sum_o g[o] [t(o, k*(o)) = i]
+#   -- the cotangent of each window goes to its winner; overlapping windows
+#   add up. This is the scatter (46) of the terms where(k*(o) = k, g[o], 0).
+#
+#   Residuals: k*(o) as a flat window offset, one small int per output
+#   element (int8 up to 128 taps). Neither x nor y is kept.
+#
+#   Second order (45): the backward is linear in g with integer data k*, so
+#   differentiating it again is exact; _fwd calls the primal itself so that a
+#   second differentiation of y also goes through this rule.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _extremum_pool(x, geometry: PoolGeometry, select: str):
+  return extremum_and_offsets(x, geometry, select)
+
+
+def _extremum_pool_fwd(x, geometry, select):
+  y, offsets = _extremum_pool(x, geometry, select)
+  return (y, offsets), offsets
+
+
+def _extremum_pool_bwd(geometry, select, offsets, cotangents):
+  del select  # The winners already encode max or min.
+  cotangent, _ = cotangents  # The offsets are integers: no cotangent.
+  return (route_to_winners(cotangent, offsets, geometry),)
+
+
+_extremum_pool.defvjp(_extremum_pool_fwd, _extremum_pool_bwd)
+
+
+def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
+  """Window maxima (or minima) and their first winners: eqs. (33)-(35), (37).
+
+  Args:
+    x: canonical input ``(batch, *in_sizes, features)``.
+    geometry: the pooling geometry; every window must hold a real tap.
+    select: ``"max"`` or ``"min"``.
+
+  Returns:
+    ``(y, offsets)``: the pooled values ``(batch, *out_sizes, features)`` and
+    the flat row-major window offset ``k*`` of each winner, in the smallest
+    int dtype that holds ``window_size - 1``.
+  """
+  pad_value = -jnp.inf if select == _MAX else jnp.inf
+  padded = windows.pad_to_covered(x, geometry, pad_value)
+  offset_dtype = windows.offset_dtype(geometry)
+  best = offsets = None
+  for flat, offset in enumerate(geometry.offsets):
+    value = windows.window_view(padded, geometry, offset)
+    if best is None:
+      best, offsets = value, jnp.zeros(value.shape, offset_dtype)
+      continue
+    # `value` wins if it is strictly better or NaN, unless the best so far is
+    # already NaN: `not (best >= value)` is true for both, false on ties.
+    worse_or_equal = best >= value if select == _MAX else best <= value
+    take = ~worse_or_equal & (best == best)
+    best = jnp.where(take, value, best)
+    offsets = jnp.where(take, jnp.asarray(flat, offset_dtype), offsets)
+  if windows.has_padding_taps(geometry):
+    # Only a window whose real values are all -inf (+inf) can have kept a
+    # padding tap; its first winner is its first real tap, eq. (34).
+    first = windows.first_real_offset(geometry).astype(offset_dtype)
+    first = first.reshape((1,) + geometry.out_sizes + (1,))
+    offsets = jnp.where(best == pad_value, first, offsets)
+  return best, offsets
+
+
+def route_to_winners(cotangent, offsets, geometry: PoolGeometry):
+  """Eq. (36): each window's cotangent goes to its winner; overlaps add up.
+
+  Args:
+    cotangent: canonical ``(batch, *out_sizes, features)``.
+    offsets: the flat winner offsets from :func:`extremum_and_offsets`.
+    geometry: the pooling geometry.
+
+  Returns:
+    The input gradient ``(batch, *in_sizes, features)`` in the cotangent's
+    dtype (summed in float32 for 16-bit dtypes).
+  """
+  dtype = windows.accumulation_dtype(cotangent.dtype)
+  g = cotangent.astype(dtype)
+  zero = jnp.zeros((), dtype)
+
+  def term(flat, offset):
+    del offset
+    return jnp.where(offsets == flat, g, zero)
+
+  dx = windows.scatter_to_input(term, geometry, g.shape[0], g.shape[-1], dtype)
+  return dx.astype(cotangent.dtype)
+
+
+def winner_indices(offsets, geometry: PoolGeometry):
+  """Eq. (47): flat row-major spatial index of each winner in the input.
+
+  Args:
+    offsets: the flat winner offsets from :func:`extremum_and_offsets`.
+    geometry: the pooling geometry.
+
+  Returns:
+    An int32 (int64 if needed) array of the offsets' shape.
+  """
+  total = math.prod(geometry.in_sizes)
+  dtype = jnp.int32 if total <= np.iinfo(np.int32).max else jnp.int64
+  if dtype == jnp.int64 and not jax.config.read("jax_enable_x64"):
+    raise ValueError(
+        f"The input has {total} spatial positions, too many for int32 "
+        "indices; enable `jax_enable_x64` for int64 indices.")
+  offsets = offsets.astype(dtype)
+  flat = None
+  window_place = math.prod(geometry.window)
+  for dim in range(geometry.rank):
+    window_place //= geometry.window[dim]
+    tap = (offsets // window_place) % geometry.window[dim]
+    start = (np.arange(geometry.out_sizes[dim]) * geometry.strides[dim]
+             - geometry.padding[dim][0])
+    shape = [1] * (geometry.rank + 2)
+    shape[dim + 1] = -1
+    position = jnp.asarray(start.reshape(shape), dtype) + tap * (
+        geometry.dilation[dim])
+    flat = position if flat is None else flat * geometry.in_sizes[dim] + (
+        position)
+  return flat
+
+
+# ============================================================================
+# Max unpooling.
+# ============================================================================
+
+
+def max_unpool(x, indices, spatial_shape):
+  """Scatters pooled values back to the positions given by ``indices``.
+
+  The inverse of :func:`max_pool_with_indices` (PyTorch's ``max_unpool``, in
+  any number of dimensions, eq. (48)): the output is zero except
+  ``out[..., indices[o], c] = x[..., o, c]`` in the flattened spatial axes.
+  Indices outside ``[0, prod(spatial_shape))`` are dropped. When two windows
+  share a winner both carry the same value; which write lands is unspecified
+  for other inputs. The gradient is the gather ``dx[o] = g[indices[o]]``
+  (:func:`max_unpool_grad`), as in PyTorch.
+
+  Args:
+    x: pooled values ``(batch..., *out_sizes, features)``, floating point.
+    indices: integer array of the same shape, as returned by
+      :func:`max_pool_with_indices`.
+    spatial_shape: the spatial shape of the result, one int per spatial
+      dimension (PyTorch's ``output_size``); its length sets the number of
+      spatial dimensions.
+
+  Returns:
+    ``(batch..., *spatial_shape, features)`` with ``x``'s dtype.
+
+  Raises:
+    TypeError: ``x`` is not floating point or ``indices`` not integer.
+    ValueError: shapes do not match.
+  """
+  _geometry.check_floating(x, "x")
+  x = jnp.asarray(x)
+  indices = _check_indices(indices, x.shape)
+  spatial_shape = _unpool_spatial_shape(spatial_shape, x.ndim)
+  rank = len(spatial_shape)
+  batch_shape = x.shape[:x.ndim - rank - 1]
+  y = _max_unpool(windows.to_canonical(x, rank),
+                  windows.to_canonical(indices, rank), spatial_shape)
+  return windows.from_canonical(y, batch_shape)
+
+
+def max_unpool_grad(cotangent, indices, spatial_shape):
+  """The input gradient of :func:`max_unpool`: eq. (48), ``dx[o] = g[idx[o]]``.
+
+  Args:
+    cotangent: cotangent of the unpooled output, ``(batch..., *spatial_shape,
+      features)``.
+    indices: the integer indices passed to :func:`max_unpool`, ``(batch...,
+      *out_sizes, features)``.
+    spatial_shape: the ``spatial_shape`` passed to :func:`max_unpool`.
+
+  Returns:
+    The gradient with respect to the pooled values: ``indices``' shape, the
+    cotangent's dtype. Out-of-range indices receive 0.
+  """
+  _geometry.check_floating(cotangent, "cotangent")
+  cotangent = jnp.asarray(cotangent)
+  indices = _check_indices(indices, None)
+  spatial_shape = _unpool_spatial_shape(spatial_shape, indices.ndim)
+  rank = len(spatial_shape)
+  batch_shape = indices.shape[:indices.ndim - rank - 1]
+  expected = batch_shape + spatial_shape + indices.shape[-1:]
+  if tuple(cotangent.shape) != expected:
+    raise ValueError(
+        f"`cotangent` must have the unpooled shape {expected}, got "
+        f"{tuple(cotangent.shape)}.")
+  batch = math.prod(batch_shape)
+  g = cotangent.reshape((batch, -1, cotangent.shape[-1]))
+  idx = indices.reshape((batch, -1, indices.shape[-1]))
+  return gather_from_unpooled(g, idx).reshape(indices.shape)
+
+
+def _check_indices(indices, shape):
+  dtype = getattr(indices, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(
+        f"`indices` must be an integer array, got "
+        f"{dtype if dtype is not None else type(indices).__name__}.")
+  indices = jnp.asarray(indices)
+  if shape is not None and tuple(indices.shape) != tuple(shape):
+    raise ValueError(f"`indices` must have the shape of `x` {tuple(shape)}, "
+                     f"got {tuple(indices.shape)}.")
+  return indices
+
+
+def _unpool_spatial_shape(spatial_shape, ndim):
+  if isinstance(spatial_shape, (int, np.integer)) or not (
+      isinstance(spatial_shape, (tuple, list, np.ndarray))):
+    raise TypeError("`spatial_shape` must be a sequence with one int per "
+                    f"spatial dimension, got {spatial_shape!r}.")
+  rank = len(spatial_shape)
+  if rank == 0 or rank + 1 > ndim:
+    raise ValueError(
+        f"`spatial_shape` {tuple(spatial_shape)!r} must have between 1 and "
+        f"{ndim - 1} entries for `x` with {ndim} axes.")
+  return _geometry.int_tuple(spatial_shape, rank, "spatial_shape")
+
+
+# ----------------------------------------------------------------------------
+# Rule: max unpooling, eq. (48).
+#
+#   Forward: u[b, indices[b, o, c], c] = x[b, o, c], zero elsewhere.
+#   Backward: u is linear in x and du[j]/dx[o] = [indices[o] = j], so
+#       dx[b, o, c] = g[b, indices[b, o, c], c]
+#   -- a gather. Every window receives the cotangent of its position, also
+#   when several windows share it (PyTorch does the same).
+#   Residuals: the indices.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _max_unpool(x, indices, spatial_shape):
+  return scatter_to_unpooled(x, indices, spatial_shape)
+
+
+def _max_unpool_fwd(x, indices, spatial_shape):
+  return _max_unpool(x, indices, spatial_shape), indices
+
+
+def _max_unpool_bwd(spatial_shape, indices, cotangent):
+  batch, features = cotangent.shape[0], cotangent.shape[-1]
+  g = cotangent.reshape((batch, math.prod(spatial_shape), features))
+  idx = indices.reshape((batch, -1, features))
+  dx = gather_from_unpooled(g, idx).reshape(indices.shape)
+  return dx, None
+
+
+_max_unpool.defvjp(_max_unpool_fwd, _max_unpool_bwd)
+
+
+def scatter_to_unpooled(x, indices, spatial_shape):
+  """Eq. (48), forward: canonical values scattered to flat spatial indices."""
+  batch, features = x.shape[0], x.shape[-1]
+  size = math.prod(spatial_shape)
+  values = x.reshape((batch, -1, features))
+  idx = indices.reshape((batch, -1, features))
+  b = jnp.arange(batch)[:, None, None]
+  c = jnp.arange(features)[None, None, :]
+  out = jnp.zeros((batch, size, features), x.dtype)
+  out = out.at[b, idx, c].set(values, mode="drop")
+  return out.reshape((batch,) + tuple(spatial_shape) + (features,))
+
+
+def gather_from_unpooled(cotangent, indices):
+  """Eq. (48), backward: ``dx[b, o, c] = g[b, indices[b, o, c], c]``.
+
+  Args:
+    cotangent: ``(batch, size, features)``.
+    indices: ``(batch, count, features)`` integers.
+
+  Returns:
+    ``(batch, count, features)``; 0 where an index is out of range.
+  """
+  return jnp.take_along_axis(cotangent, indices, axis=1, mode="fill",
+                             fill_value=0)
+
+
+# ============================================================================
+# Average pooling.
+# ============================================================================
+
+
+def avg_pool(x, window_shape, strides=None, padding="VALID",
+             count_include_pad=True, *, ceil_mode=False, divisor_override=None):
+  """Average pooling with PyTorch's divisor rules (eqs. (38), (39)).
+
+  ``y[o] = (1 / D[o]) * sum of the real taps of window o``. The divisor
+  ``D[o]`` is the number of taps inside the declared padding when
+  ``count_include_pad`` (Flax's and PyTorch's default), the number of real
+  taps otherwise, or ``divisor_override``. Taps of the ceil-mode overhang
+  beyond the padding are never counted. A window made of padding only
+  outputs 0 with zero gradient, also with ``count_include_pad=False``. The
+  gradient spreads ``g[o] / D[o]`` over the real taps of the window
+  (eq. (40)); the backward keeps nothing but the static geometry.
+
+  Args:
+    x: input of shape ``(batch..., *spatial, features)``, floating point.
+    window_shape: the number of taps per spatial dimension; its length sets
+      the number of spatial dimensions.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: ``"SAME"``, ``"VALID"``, ``"SAME_LOWER"``, an int, one int per
+      dimension or ``(lo, hi)`` pairs; non-negative.
+    count_include_pad: whether padding taps count in the divisor.
+    ceil_mode: PyTorch's ``ceil_mode`` (eq. (31)).
+    divisor_override: a nonzero int that replaces every divisor.
+
+  Returns:
+    The pooled array ``(batch..., *out_sizes, features)``, same dtype as ``x``
+    (summed in float32 for 16-bit dtypes).
+
+  Raises:
+    TypeError: ``x`` is not a real floating-point array, or an argument has
+      the wrong type.
+    ValueError: window or stride ``<= 0``, lengths that do not match the
+      spatial rank, negative padding, output size ``< 1``, divisor 0.
+  """
+  count_include_pad = windows.check_flag(count_include_pad,
+                                          "count_include_pad")
+  divisor_override = _check_divisor_override(divisor_override)
+  xc, geometry, batch_shape = _prepare(x, window_shape, strides, padding, 1,
+                                       ceil_mode)
+  y = _avg_pool(xc, geometry, count_include_pad, divisor_override)
+  return windows.from_canonical(y, batch_shape)
+
+
+def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
+                  count_include_pad=True, *, ceil_mode=False,
+                  divisor_override=None):
+  """The input gradient of :func:`avg_pool`: eq. (40).
+
+  ``dx[i] = sum over windows o with a tap at i of cotangent[o] / D[o]``.
+  Linear in the cotangent; it does not depend on the values of ``x``.
+
+  Args:
+    x: the primal input or anything with its ``shape`` and ``dtype`` (e.g. a
+      ``jax.ShapeDtypeStruct``); only those are read.
+    cotangent: the cotangent of the output, ``(batch..., *out_sizes,
+      features)``.
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: as in :func:`avg_pool`.
+    count_include_pad: whether padding taps count in the divisor.
+    ceil_mode: PyTorch's ``ceil_mode``.
+    divisor_override: a nonzero int that replaces every divisor.
+
+  Returns:
+    The gradient with respect to ``x``: ``x``'s shape and dtype.
+  """
+  count_include_pad = windows.check_flag(count_include_pad,
+                                          "count_include_pad")
+  divisor_override = _check_divisor_override(divisor_override)
+  _, ct, geometry, batch_shape = _prepare_with_cotangent(
+      x, cotangent, window_shape, strides, padding, 1, ceil_mode,
+      read_values=False)
+  divisors = average_divisors(geometry, count_include_pad, divisor_override)
+  return windows.from_canonical(spread_over_window(ct, geometry, divisors),
+                                batch_shape)
+
+
+# ----------------------------------------------------------------------------
+# Rule: average pooling.
+#
+#   Forward (38): y[o] = (1 / D[o]) sum_{k real} x[t(o, k)], with D[o] from
+#   (39): taps inside [-lo, n + hi) (count_include_pad), taps inside [0, n)
+#   (not), or the override -- a product of per-dimension counts, so a static
+#   table. A window with no counted tap has an empty sum; D = 1 there keeps
+#   it at 0 instead of 0/0.
+#
+#   Backward (40): dy[o]/dx[i] = 1 / D[o] for every real tap t(o, k) = i, so
+#       dx[i] = sum_{(o, k): t(o, k) = i} g[o] / D[o]
+#   -- the scatter (46) of the same term g / D for every offset k; padding
+#   taps fall outside the input and are dropped.
+#
+#   Residuals: none (the divisor table is a function of the static geometry).
+#   Second order (45): the backward is linear in g and constant in x.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _avg_pool(x, geometry: PoolGeometry, count_include_pad: bool,
+              divisor_override):
+  divisors = average_divisors(geometry, count_include_pad, divisor_override)
+  return window_average(x, geometry, divisors)
+
+
+def _avg_pool_fwd(x, geometry, count_include_pad, divisor_override):
+  return _avg_pool(x, geometry, count_include_pad, divisor_override), None
+
+
+def _avg_pool_bwd(geometry, count_include_pad, divisor_override, residuals,
+                  cotangent):
+  del residuals  # Nothing is kept.
+  divisors = average_divisors(geometry, count_include_pad, divisor_override)
+  return (spread_over_window(cotangent, geometry, divisors),)
+
+
+_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+def average_divisors(geometry: PoolGeometry, count_include_pad: bool,
+                     divisor_override):
+  """The divisor ``D[o]`` of eq. (39) as a static float64 NumPy table.
+
+  Returns a scalar when all windows share it; windows with no counted tap get
+  1 (their sum is empty, so their output and gradient are 0).
+  """
+  if divisor_override is not None:
+    return np.float64(divisor_override)
+  table = windows.divisor_table(geometry, count_include_pad)
+  table = np.where(table > 0, table, 1.0)
+  if np.all(table == table.flat[0]):
+    return np.float64(table.flat[0])
+  return table
+
+
+def _as_window_table(divisors, dtype):
+  if np.ndim(divisors) == 0:
+    return jnp.asarray(divisors, dtype)
+  return jnp.asarray(divisors.reshape((1,) + divisors.shape + (1,)), dtype)
+
+
+def window_average(x, geometry: PoolGeometry, divisors):
+  """Eq. (38): the sum of each window's real taps divided by ``D[o]``.
+
+  Args:
+    x: canonical input ``(batch, *in_sizes, features)``.
+    geometry: the pooling geometry.
+    divisors: from :func:`average_divisors`.
+
+  Returns:
+    ``(batch, *out_sizes, features)`` in ``x``'s dtype.
+  """
+  dtype = windows.accumulation_dtype(x.dtype)
+  padded = windows.pad_to_covered(x.astype(dtype), geometry, 0)
+  total = None
+  for offset in geometry.offsets:
+    value = windows.window_view(padded, geometry, offset)
+    total = value if total is None else total + value
+  return (total / _as_window_table(divisors, dtype)).astype(x.dtype)
+
+
+def spread_over_window(cotangent, geometry: PoolGeometry, divisors):
+  """Eq. (40): every real tap of window o receives ``g[o] / D[o]``.
+
+  Args:
+    cotangent: canonical ``(batch, *out_sizes, features)``.
+    geometry: the pooling geometry.
+    divisors: from :func:`average_divisors`.
+
+  Returns:
+    ``(batch, *in_sizes, features)`` in the cotangent's dtype.
+  """
+  dtype = windows.accumulation_dtype(cotangent.dtype)
+  share = cotangent.astype(dtype) / _as_window_table(divisors, dtype)
+  dx = windows.scatter_to_input(lambda flat, offset: share, geometry,
+                                share.shape[0], share.shape[-1], dtype)
+  return dx.astype(cotangent.dtype)
+
+
+# ============================================================================
+# Lp pooling.
+# ============================================================================
+
+
+def lp_pool(x, p, window_shape, strides=None, padding="VALID", *, dilation=1,
+            ceil_mode=False):
+  """Lp-norm pooling: ``y[o] = (sum over real taps |x|^p)^(1/p)``, eq. (41).
+
+  Any ``p > 0``; ``p = inf`` is ``max |x|`` (eq. (44)). Padding contributes
+  zeros. Unlike PyTorch's ``lp_pool``, the absolute value is taken (no NaN
+  for negative inputs) and there is no rescaling of ceil-mode partial
+  windows. The value is computed as ``m * (sum (|x|/m)^p)^(1/p)`` with ``m``
+  the window's ``max |x|``, so large ``p`` does not overflow.
+
+  The gradient (eq. (42)) is ``g * sign(x) * (|x| / y)^(p-1)``, taken as 0
+  where ``x = 0`` -- in particular an all-zero window has gradient 0, not NaN
+  (eq. (43)). For ``p = inf`` the cotangent goes to the first maximum of
+  ``|x|`` times its sign. The backward keeps ``x`` and ``y`` (for ``p = inf``:
+  the winner offsets and signs).
+
+  Args:
+    x: input of shape ``(batch..., *spatial, features)``, floating point.
+    p: the norm's order, a Python number ``> 0`` or ``inf``; static (there is
+      no gradient with respect to ``p``).
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: ``"SAME"``, ``"VALID"``, ``"SAME_LOWER"``, an int, one int per
+      dimension or ``(lo, hi)`` pairs; non-negative.
+    dilation: window dilation, an int or one per spatial dimension.
+    ceil_mode: PyTorch's ``ceil_mode`` (eq. (31)).
+
+  Returns:
+    The pooled array ``(batch..., *out_sizes, features)``, same dtype as ``x``.
+
+  Raises:
+    TypeError: ``x`` is not a real floating-point array, ``p`` is not a real
+      Python number, or an argument has the wrong type.
+    ValueError: ``p <= 0`` or NaN, and the geometry errors of
+      :func:`avg_pool`.
+  """
+  p = _check_norm_order(p)
+  xc, geometry, batch_shape = _prepare(x, window_shape, strides, padding,
+                                       dilation, ceil_mode)
+  if math.isinf(p):
+    y, _, _ = _max_abs_pool(xc, geometry)
+  else:
+    y = _lp_pool(xc, geometry, p)
+  return windows.from_canonical(y, batch_shape)
+
+
+def lp_pool_grad(x, cotangent, p, window_shape, strides=None, padding="VALID",
+                 *, dilation=1, ceil_mode=False):
+  """The input gradient of :func:`lp_pool`: eqs. (42)-(44).
+
+  ``dx[i] = sum over windows o with a tap at i of g[o] sign(x[i])
+  (|x[i]| / y[o])^(p-1)``, 0 where ``x[i] = 0``; for ``p = inf`` the
+  cotangent times the sign goes to the first maximum of ``|x|``.
+
+  Args:
+    x: the primal input, ``(batch..., *spatial, features)``.
+    cotangent: the cotangent of the output.
+    p: the norm's order, as in :func:`lp_pool`.
+    window_shape: the number of taps per spatial dimension.
+    strides: an int or one int per spatial dimension; default 1.
+    padding: as in :func:`lp_pool`.
+    dilation: window dilation.
+    ceil_mode: PyTorch's ``ceil_mode``.
+
+  Returns:
+    The gradient with respect to ``x``, same shape and dtype as ``x``.
+  """
+  p = _check_norm_order(p)
+  xc, ct, geometry, batch_shape = _prepare_with_cotangent(
+      x, cotangent, window_shape, strides, padding, dilation, ceil_mode)
+  xc = jax.lax.stop_gradient(xc)
+  if math.isinf(p):
+    _, offsets, signs = max_abs_and_offsets(xc, geometry)
+    dx = route_to_winners(ct * signs, offsets, geometry)
+  else:
+    y = lp_norm(xc, geometry, p)
+    dx = lp_norm_grad(xc, y, ct, geometry, p)
+  return windows.from_canonical(dx, batch_shape)
+
+
+# ----------------------------------------------------------------------------
+# Rule: Lp pooling, finite p.
+#
+#   Forward (41): y[o] = (sum_{k real} |x[t(o, k)]|^p)^(1/p), evaluated as
+#       y[o] = m[o] (sum_k (|x[t(o, k)]| / m[o])^p)^(1/p),  m[o] = max_k |x|,
+#   which is the same number without overflow (every ratio is <= 1).
+#
+#   Backward (42): differentiating the sum,
+#       dy[o]/dx[i] = (1/p) y^(1-p) * p |x_i|^(p-1) sign(x_i)
+#                   = sign(x_i) (|x_i| / y[o])^(p-1),
+#   so dx[i] = sum_{(o, k): t(o, k) = i} g[o] sign(x_i) (|x_i| / y[o])^(p-1),
+#   the scatter (46) of one term per offset. Since |x_i| <= y[o], the ratio
+#   is at most 1 and the power cannot overflow for p >= 1.
+#   (43): where x_i = 0 the term is 0 (the subgradient at 0; for p > 1 the
+#   limit). An all-zero window has y = 0 and only zero taps, so its gradient
+#   is 0, not 0/0. Both divisions are guarded on both sides of `where`, so
+#   differentiating the backward again stays finite.
+#
+#   Residuals: x and y.
+#   Second order (45): the backward is a smooth function of (g, x, y) away
+#   from x = 0; it is differentiated by autodiff, and _fwd obtains y from the
+#   primal itself so that dy/dx also uses this rule.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _lp_pool(x, geometry: PoolGeometry, p: float):
+  return lp_norm(x, geometry, p)
+
+
+def _lp_pool_fwd(x, geometry, p):
+  y = _lp_pool(x, geometry, p)
+  return y, (x, y)
+
+
+def _lp_pool_bwd(geometry, p, residuals, cotangent):
+  x, y = residuals
+  return (lp_norm_grad(x, y, cotangent, geometry, p),)
+
+
+_lp_pool.defvjp(_lp_pool_fwd, _lp_pool_bwd)
+
+
+def lp_norm(x, geometry: PoolGeometry, p: float):
+  """Eq. (41): the p-norm of every window's real taps (finite ``p``).
+
+  Args:
+    x: canonical input ``(batch, *in_sizes, features)``.
+    geometry: the pooling geometry.
+    p: the norm's order, ``0 < p < inf``.
+
+  Returns:
+    ``(batch, *out_sizes, features)`` in ``x``'s dtype (computed in float32
+    for 16-bit dtypes).
+  """
+  dtype = windows.accumulation_dtype(x.dtype)
+  padded = windows.pad_to_covered(jnp.abs(x.astype(dtype)), geometry, 0)
+  views = [windows.window_view(padded, geometry, offset)
+           for offset in geometry.offsets]
+  if p == 1:
+    return functools.reduce(jnp.add, views).astype(x.dtype)
+  largest = functools.reduce(jnp.maximum, views)  # NaN propagates.
+  scale = jnp.where(largest > 0, largest, jnp.ones((), dtype))
+  total = functools.reduce(jnp.add, [_power(v / scale, p) for v in views])
+  y = largest * _power(total, 1.0 / p)
+  # inf / inf inside the sum would give NaN for a window holding inf.
+  y = jnp.where(largest == jnp.inf, largest, y)
+  return y.astype(x.dtype)
+
+
+def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
+  """Eqs. (42), (43): ``g sign(x) (|x| / y)^(p-1)`` summed over windows.
+
+  Args:
+    x: canonical input ``(batch, *in_sizes, features)``.
+    y: the Lp pooled output from :func:`lp_norm`.
+    cotangent: canonical ``(batch, *out_sizes, features)``.
+    geometry: the pooling geometry.
+    p: the norm's order, ``0 < p < inf``.
+
+  Returns:
+    The input gradient, ``x``'s shape and dtype; 0 where ``x = 0``.
+  """
+  dtype = windows.accumulation_dtype(x.dtype)
+  padded = windows.pad_to_covered(x.astype(dtype), geometry, 0)
+  g = cotangent.astype(dtype)
+  one = jnp.ones((), dtype)
+  zero = jnp.zeros((), dtype)
+  safe_y = jnp.where(y > 0, y.astype(dtype), one)
+
+  def term(flat, offset):
+    del flat
+    value = windows.window_view(padded, geometry, offset)
+    if p == 1:
+      return g * jnp.sign(value)
+    magnitude = jnp.abs(value)
+    nonzero = magnitude > 0
+    ratio = jnp.where(nonzero, magnitude / safe_y, one)
+    return jnp.where(nonzero, g * jnp.sign(value) * _power(ratio, p - 1), zero)
+
+  dx = windows.scatter_to_input(term, geometry, g.shape[0], g.shape[-1], dtype)
+  return dx.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------
+# Rule: Lp pooling, p = inf.
+#
+#   Forward (44): y[o] = max_k |x[t(o, k)]|, with the first winner k*(o) of
+#   |x| in row-major order as in (34), (35); padding is |0| = 0.
+#   Backward (44): locally y[o] = sign(x_w) x_w at the winner w, so
+#       dx[i] = sum_o g[o] sign(x_i) [t(o, k*(o)) = i]
+#   -- eq. (36) applied to the cotangent g * sign(x_w). An all-zero window
+#   has sign 0: gradient 0.
+#
+#   Residuals: k*(o) (small int) and sign(x_w) per output element.
+# ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_abs_pool(x, geometry: PoolGeometry):
+  return max_abs_and_offsets(x, geometry)
+
+
+def _max_abs_pool_fwd(x, geometry):
+  y, offsets, signs = _max_abs_pool(x, geometry)
+  return (y, offsets, signs), (offsets, signs)
+
+
+def _max_abs_pool_bwd(geometry, residuals, cotangents):
+  offsets, signs = residuals
+  cotangent, _, _ = cotangents  # Offsets and signs are piecewise constant.
+  return (route_to_winners(cotangent * signs, offsets, geometry),)
+
+
+_max_abs_pool.defvjp(_max_abs_pool_fwd, _max_abs_pool_bwd)
+
+
+def max_abs_and_offsets(x, geometry: PoolGeometry):
+  """Eq. (44): ``max |x|`` per window, its first winner and the winner's sign.
+
+  Args:
+    x: canonical input ``(batch, *in_sizes, features)``.
+    geometry: the pooling geometry.
+
+  Returns:
+    ``(y, offsets, signs)``: ``y`` and ``signs`` in ``x``'s dtype, ``offsets``
+    the flat winner offsets as in :func:`extremum_and_offsets`.
+  """
+  padded = windows.pad_to_covered(x, geometry, 0)
+  offset_dtype = windows.offset_dtype(geometry)
+  best = winner = offsets = None
+  for flat, offset in enumerate(geometry.offsets):
+    value = windows.window_view(padded, geometry, offset)
+    magnitude = jnp.abs(value)
+    if best is None:
+      best, winner = magnitude, value
+      offsets = jnp.zeros(value.shape, offset_dtype)
+      continue
+    take = ~(best >= magnitude) & (best == best)
+    best = jnp.where(take, magnitude, best)
+    winner = jnp.where(take, value, winner)
+    offsets = jnp.where(take, jnp.asarray(flat, offset_dtype), offsets)
+  return best, offsets, jnp.sign(winner)

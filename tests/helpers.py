@@ -1,0 +1,41 @@
+"""Oracles and tolerances shared by the test modules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# max |err| / max(1, max |ref|) against a float64 reference (testing notes).
+TOLERANCE = {
+    np.dtype(np.float64): 1e-10,
+    np.dtype(np.float32): 1e-5,
+    np.dtype(jnp.float16): 2e-3,
+    np.dtype(jnp.bfloat16): 1.6e-2,
+}
+
+
+def scaled_error(actual, expected) -> float:
+  """max |actual - expected| / max(1, max |expected|), computed in float64."""
+  actual = np.asarray(actual, dtype=np.float64)
+  expected = np.asarray(expected, dtype=np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  if expected.size == 0:
+    return 0.0
+  scale = max(1.0, float(np.max(np.abs(expected))))
+  return float(np.max(np.abs(actual - expected))) / scale
+
+
+def assert_close(actual, expected, dtype, what: str = "") -> None:
+  tolerance = TOLERANCE[np.dtype(dtype)]
+  error = scaled_error(actual, expected)
+  assert error <= tolerance, (
+      f"{what}: scaled error {error:.3e} exceeds {tolerance:.1e} for {dtype}")
+
+
+def vjp_of(f, *args, cotangent_seed: int = 0):
+  """Output and the VJP of ``f`` at ``args`` for a random normal cotangent."""
+  out, pullback = jax.vjp(f, *args)
+  rng = np.random.default_rng(cotangent_seed)
+  cotangent = jnp.asarray(rng.normal(size=out.shape), dtype=out.dtype)
+  return out, pullback(cotangent), cotangent

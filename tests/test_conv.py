@@ -1,0 +1,316 @@
+"""conv_general_dilated: forward and both gradients against lax and the reference.
+
+Three independent oracles: ``jax.vjp`` of ``lax.conv_general_dilated`` in
+float64 at HIGHEST precision, the slow transcription in ``jaxconv.reference``
+(scatter form of the input gradient), and finite differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.test_util  # noqa: F401  (check_grads)
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxconv
+from jaxconv import reference
+from tests.helpers import TOLERANCE, assert_close, scaled_error
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One convolution: shapes in its own layout plus every lax argument."""
+
+  lhs_shape: tuple[int, ...]
+  rhs_shape: tuple[int, ...]
+  kwargs: dict = dataclasses.field(hash=False)
+
+  def arrays(self, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    lhs = rng.normal(size=self.lhs_shape)
+    rhs = rng.normal(size=self.rhs_shape)
+    return jnp.asarray(lhs, dtype), jnp.asarray(rhs, dtype)
+
+
+def _place(canonical_shape, spec):
+  """Shape in a layout: canonical axis i goes to position spec[i]."""
+  shape = [0] * len(spec)
+  for size, axis in zip(canonical_shape, spec):
+    shape[axis] = size
+  return tuple(shape)
+
+
+@st.composite
+def conv_cases(draw, max_rank=3):
+  """Random geometries over ranks 1-3, every padding kind, dilations, groups,
+  batch groups, batch 0 and arbitrary layouts."""
+  n = draw(st.integers(1, max_rank))
+  small = n == 3
+  grouping = draw(st.sampled_from(["none", "feature", "batch"]))
+  groups = draw(st.integers(2, 3)) if grouping == "feature" else 1
+  batch_groups = draw(st.integers(2, 3)) if grouping == "batch" else 1
+  in_per_group = draw(st.integers(1, 2))
+  out_per_group = draw(st.integers(1, 2))
+  batch = batch_groups * draw(st.sampled_from([0, 1, 1, 2]))
+  channels = groups * in_per_group
+  out_features = groups * batch_groups * out_per_group
+  kernel = [draw(st.integers(1, 2 if small else 3)) for _ in range(n)]
+  rhs_dil = [draw(st.integers(1, 2)) for _ in range(n)]
+  lhs_dil = [draw(st.sampled_from([1, 1, 2])) for _ in range(n)]
+  strides = [draw(st.integers(1, 3)) for _ in range(n)]
+  spatial = [draw(st.integers(1, 4 if small else 7)) for _ in range(n)]
+  kinds = ["explicit"] + (["SAME", "SAME_LOWER", "VALID"]
+                          if all(a == 1 for a in lhs_dil) else [])
+  kind = draw(st.sampled_from(kinds))
+  if kind == "explicit":
+    padding = tuple((draw(st.integers(-1, 2)), draw(st.integers(-1, 2)))
+                    for _ in range(n))
+    for size, k, d, a, s, (lo, hi) in zip(spatial, kernel, rhs_dil, lhs_dil,
+                                          strides, padding):
+      hypothesis.assume((size - 1) * a + 1 + lo + hi >= (k - 1) * d + 1)
+  else:
+    padding = kind
+    for size, k, d in zip(spatial, kernel, rhs_dil):
+      hypothesis.assume(kind != "VALID" or size >= (k - 1) * d + 1)
+  perm = lambda: tuple(draw(st.permutations(range(n + 2))))
+  lhs_spec, rhs_spec, out_spec = perm(), perm(), perm()
+  dnums = lax.ConvDimensionNumbers(lhs_spec, rhs_spec, out_spec)
+  lhs_shape = _place([batch, channels] + spatial, lhs_spec)
+  rhs_shape = _place([out_features, in_per_group] + kernel, rhs_spec)
+  kwargs = dict(window_strides=tuple(strides), padding=padding,
+                lhs_dilation=tuple(lhs_dil), rhs_dilation=tuple(rhs_dil),
+                dimension_numbers=dnums, feature_group_count=groups,
+                batch_group_count=batch_groups)
+  return Case(lhs_shape, rhs_shape, kwargs)
+
+
+def _lax_conv(case):
+  return functools.partial(lax.conv_general_dilated, precision="highest",
+                           **case.kwargs)
+
+
+def _jaxconv_conv(case):
+  return functools.partial(jaxconv.conv_general_dilated,
+                           precision="highest", **case.kwargs)
+
+
+def compare_with_lax(case, dtype, seed=0):
+  """jaxconv in ``dtype`` against lax in float64: forward and both VJPs."""
+  lhs, rhs = case.arrays(dtype, seed)
+  out, pullback = jax.vjp(_jaxconv_conv(case), lhs, rhs)
+  ref_out, ref_pullback = jax.vjp(_lax_conv(case), lhs.astype(jnp.float64),
+                                  rhs.astype(jnp.float64))
+  rng = np.random.default_rng(seed + 1)
+  cotangent = rng.normal(size=ref_out.shape)
+  lhs_grad, rhs_grad = pullback(jnp.asarray(cotangent, out.dtype))
+  ref_lhs_grad, ref_rhs_grad = ref_pullback(jnp.asarray(cotangent))
+  assert out.dtype == dtype and lhs_grad.dtype == dtype
+  assert rhs_grad.dtype == dtype
+  assert_close(out, ref_out, dtype, "forward")
+  assert_close(lhs_grad, ref_lhs_grad, dtype, "input gradient")
+  assert_close(rhs_grad, ref_rhs_grad, dtype, "kernel gradient")
+
+
+@hypothesis.settings(max_examples=80, deadline=None)
+@hypothesis.given(case=conv_cases())
+def test_matches_lax_float64(case):
+  compare_with_lax(case, jnp.float64)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(case=conv_cases(max_rank=2))
+def test_matches_lax_float32(case):
+  compare_with_lax(case, jnp.float32)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(case=conv_cases())
+def test_matches_reference(case):
+  """The literal equations (scatter-form input gradient) agree."""
+  lhs, rhs = case.arrays(jnp.float64)
+  kw = case.kwargs
+  dnums = kw["dimension_numbers"]
+  geometry = jaxconv.make_conv_geometry(lhs.shape, rhs.shape, **kw)
+  out, pullback = jax.vjp(_jaxconv_conv(case), lhs, rhs)
+  cotangent = jnp.asarray(np.random.default_rng(3).normal(size=out.shape))
+  lhs_grad, rhs_grad = pullback(cotangent)
+  args = dict(strides=geometry.window_strides, padding=geometry.padding,
+              lhs_dilation=geometry.lhs_dilation,
+              rhs_dilation=geometry.rhs_dilation,
+              feature_group_count=geometry.feature_group_count,
+              batch_group_count=geometry.batch_group_count)
+  x = reference.to_canonical(lhs, dnums.lhs_spec)
+  w = reference.to_canonical(rhs, dnums.rhs_spec)
+  delta = reference.to_canonical(cotangent, dnums.out_spec)
+  ref_out = reference.conv_forward(x, w, **args)
+  ref_lhs_grad = reference.conv_input_grad(delta, w, x.shape, **args)
+  ref_rhs_grad = reference.conv_kernel_grad(x, delta, w.shape, **args)
+  assert_close(out, reference.from_canonical(ref_out, dnums.out_spec),
+               jnp.float64, "forward")
+  assert_close(lhs_grad, reference.from_canonical(ref_lhs_grad, dnums.lhs_spec),
+               jnp.float64, "input gradient")
+  assert_close(rhs_grad, reference.from_canonical(ref_rhs_grad, dnums.rhs_spec),
+               jnp.float64, "kernel gradient")
+
+
+# A few fixed cases that every later test reuses: stride, padding, both
+# dilations, groups and batch groups, several layouts.
+FIXED = [
+    Case((2, 3, 9), (4, 3, 3), dict(window_strides=(2,), padding=((1, 2),))),
+    Case((2, 8, 7, 4), (3, 2, 2, 6), dict(
+        window_strides=(2, 1), padding="SAME", rhs_dilation=(1, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)),
+    Case((2, 4, 7, 6), (4, 4, 2, 3), dict(
+        window_strides=(1, 2), padding=((-1, 2), (0, 1)), lhs_dilation=(2, 1))),
+    Case((4, 3, 6, 5), (4, 3, 3, 2), dict(
+        window_strides=(2, 2), padding="VALID", batch_group_count=2)),
+    Case((1, 2, 4, 5, 4), (2, 2, 2, 3, 2), dict(
+        window_strides=(1, 2, 1), padding="SAME_LOWER",
+        rhs_dilation=(1, 1, 2))),
+]
+FIXED_IDS = ["1d-stride-pad", "2d-nhwc-groups-dil", "2d-lhsdil-crop",
+             "2d-batchgroups", "3d-same-lower"]
+
+
+@pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
+def test_fixed_cases_float32(case):
+  compare_with_lax(case, jnp.float32)
+
+
+@pytest.mark.parametrize("case", FIXED[:3], ids=FIXED_IDS[:3])
+def test_check_grads_order_two(case):
+  """Finite differences through the VJP and the VJP of the VJP."""
+  lhs, rhs = case.arrays(jnp.float64)
+  jax.test_util.check_grads(_jaxconv_conv(case), (lhs, rhs), order=2,
+                            modes=("rev",))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("case", FIXED[:2], ids=FIXED_IDS[:2])
+def test_low_precision(case, dtype):
+  compare_with_lax(case, dtype)
+
+
+def test_preferred_element_type():
+  """bfloat16 inputs, float32 result: gradients come back in bfloat16."""
+  case = FIXED[1]
+  lhs, rhs = case.arrays(jnp.bfloat16)
+  f = functools.partial(jaxconv.conv_general_dilated,
+                        preferred_element_type=jnp.float32, **case.kwargs)
+  g = functools.partial(lax.conv_general_dilated,
+                        preferred_element_type=jnp.float32, **case.kwargs)
+  out, pullback = jax.vjp(f, lhs, rhs)
+  ref_out, ref_pullback = jax.vjp(g, lhs, rhs)
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(out, ref_out)
+  cotangent = jnp.asarray(np.random.default_rng(0).normal(size=out.shape),
+                          jnp.float32)
+  for grad, ref_grad in zip(pullback(cotangent), ref_pullback(cotangent)):
+    assert grad.dtype == jnp.bfloat16
+    assert_close(grad, ref_grad, jnp.bfloat16)
+
+
+def test_jaxpr_carries_custom_vjp():
+  case = FIXED[0]
+  lhs, rhs = case.arrays(jnp.float32)
+  jaxpr = str(jax.make_jaxpr(_jaxconv_conv(case))(lhs, rhs))
+  assert "custom_vjp_call" in jaxpr
+  grad_jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda x, w: jnp.sum(_jaxconv_conv(case)(x, w) ** 2)))(lhs, rhs))
+  # The backward is made of jaxconv's own convolutions, not lax's transposes.
+  assert "custom_vjp_call" in grad_jaxpr
+
+
+@pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
+def test_jit_vmap_and_second_order(case):
+  lhs, rhs = case.arrays(jnp.float64)
+  ours, theirs = _jaxconv_conv(case), _lax_conv(case)
+
+  def penalty(conv):
+    # A gradient penalty: the squared norm of d(sum tanh(y))/dx, as a
+    # function of the kernel. Needs the backward of the backward.
+    def loss(x, w):
+      grad_x = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
+      return jnp.sum(grad_x ** 2) + jnp.sum(conv(x, w) ** 2)
+    return loss
+
+  ours_grad = jax.jit(jax.grad(penalty(ours), argnums=(0, 1)))(lhs, rhs)
+  theirs_grad = jax.grad(penalty(theirs), argnums=(0, 1))(lhs, rhs)
+  for a, b in zip(ours_grad, theirs_grad):
+    assert_close(a, b, jnp.float64, "grad of gradient penalty")
+
+  stacked = jnp.stack([lhs, lhs * 0.5 + 1.0])
+  vmapped = jax.vmap(ours, in_axes=(0, None))(stacked, rhs)
+  expected = jax.vmap(theirs, in_axes=(0, None))(stacked, rhs)
+  assert_close(vmapped, expected, jnp.float64, "vmap forward")
+  vgrad = jax.vmap(jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2), 1),
+                   in_axes=(0, None))(stacked, rhs)
+  egrad = jax.vmap(jax.grad(lambda x, w: jnp.sum(theirs(x, w) ** 2), 1),
+                   in_axes=(0, None))(stacked, rhs)
+  assert_close(vgrad, egrad, jnp.float64, "vmap of grad")
+
+
+def test_jacrev_of_jacrev():
+  case = Case((1, 2, 5), (2, 2, 2), dict(window_strides=(2,),
+                                         padding=((1, 0),)))
+  lhs, rhs = case.arrays(jnp.float64)
+  f = lambda conv: lambda x: jnp.sin(conv(x, rhs)).sum()
+  ours = jax.jacrev(jax.jacrev(f(_jaxconv_conv(case))))(lhs)
+  theirs = jax.jacrev(jax.jacrev(f(_lax_conv(case))))(lhs)
+  assert_close(ours, theirs, jnp.float64, "hessian")
+
+
+def test_batch_zero_gradients_are_zero():
+  case = Case((0, 3, 6), (2, 3, 3), dict(window_strides=(1,), padding="SAME"))
+  lhs, rhs = case.arrays(jnp.float32)
+  out, pullback = jax.vjp(_jaxconv_conv(case), lhs, rhs)
+  assert out.shape == (0, 2, 6)
+  lhs_grad, rhs_grad = pullback(jnp.zeros_like(out))
+  assert lhs_grad.shape == lhs.shape
+  np.testing.assert_array_equal(rhs_grad, np.zeros(rhs.shape))
+
+
+def test_public_gradient_pieces():
+  """conv_input_grad / conv_kernel_grad / conv_bias_grad equal the VJP."""
+  for case in FIXED:
+    lhs, rhs = case.arrays(jnp.float64)
+    out, pullback = jax.vjp(_lax_conv(case), lhs, rhs)
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=out.shape))
+    ref_lhs_grad, ref_rhs_grad = pullback(cotangent)
+    kw = dict(case.kwargs, precision="highest")
+    lhs_grad = jax.jit(
+        lambda c, w: jaxconv.conv_input_grad(c, w, lhs.shape, **kw))(
+            cotangent, rhs)
+    rhs_grad = jax.jit(
+        lambda x, c: jaxconv.conv_kernel_grad(x, c, rhs.shape, **kw))(
+            lhs, cotangent)
+    assert_close(lhs_grad, ref_lhs_grad, jnp.float64, "conv_input_grad")
+    assert_close(rhs_grad, ref_rhs_grad, jnp.float64, "conv_kernel_grad")
+  delta = jnp.arange(24.0).reshape(2, 3, 4)
+  np.testing.assert_allclose(jaxconv.conv_bias_grad(delta, feature_axis=1),
+                             delta.sum(axis=(0, 2)))
+
+
+def test_output_shape_matches_lax():
+  for case in FIXED:
+    lhs, rhs = case.arrays(jnp.float32)
+    geometry = jaxconv.make_conv_geometry(lhs.shape, rhs.shape, **case.kwargs)
+    expected = jax.eval_shape(_lax_conv(case), lhs, rhs).shape
+    assert jaxconv.conv_output_shape(geometry, lhs.shape, rhs.shape) == expected
+
+
+def test_scaled_error_is_not_vacuous():
+  """The tolerance check fails on a gradient off by a modest factor."""
+  case = FIXED[0]
+  lhs, rhs = case.arrays(jnp.float64)
+  _, pullback = jax.vjp(_lax_conv(case), lhs, rhs)
+  cotangent = jnp.ones((2, 4, 5))
+  _, rhs_grad = pullback(cotangent)
+  assert scaled_error(rhs_grad * 1.001, rhs_grad) > TOLERANCE[np.dtype("float32")]
