@@ -5,7 +5,7 @@ from the derivation in ``docs/derivation.md``; the equation numbers in the
 docstrings and in the comment block atop each rule refer to that document.
 """
 
-from jaxconv.conv import (
+from jaxconv.convolution import (
     ConvGeometry,
     conv,
     conv_bias_grad,

@@ -205,3 +205,18 @@ def check_floating(x, name: str) -> np.dtype:
         f"`{name}` must have a real floating-point dtype (float16, bfloat16, "
         f"float32, float64), got {dtype}.")
   return dtype
+
+
+def check_same_floating(a, b, a_name: str = "lhs", b_name: str = "rhs"):
+  """Raises TypeError unless ``a`` and ``b`` are floating with one dtype.
+
+  Returns:
+    The common dtype.
+  """
+  a_dtype = check_floating(a, a_name)
+  b_dtype = check_floating(b, b_name)
+  if a_dtype != b_dtype:
+    raise TypeError(
+        f"`{a_name}` and `{b_name}` must have the same dtype, got {a_dtype} "
+        f"and {b_dtype}; cast one of them explicitly.")
+  return a_dtype

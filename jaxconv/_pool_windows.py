@@ -341,11 +341,22 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
     groups.setdefault(residue, []).append((flat, offset, shift))
 
   zero = jnp.zeros((), dtype)
+  # Identical phases (the same term objects with the same shifts, as in
+  # average pooling) are built once and recognised by their key, so that the
+  # interleaving below can broadcast them instead of concatenating copies.
+  # The terms stay referenced in `alive` so that no id is reused meanwhile.
+  built: dict[tuple, jax.Array] = {}
+  alive: list = []
 
   def phase(residue):
+    values = [(term(flat, offset), shift)
+              for flat, offset, shift in groups.get(residue, ())]
+    alive.append(values)
+    key = tuple((id(value), shift) for value, shift in values)
+    if key in built:
+      return key, built[key]
     total = None
-    for flat, offset, shift in groups.get(residue, ()):
-      value = term(flat, offset)
+    for value, shift in values:
       config = [(0, 0, 0)] + [(j, q - out - j, 0) for j, q, out in zip(
           shift, phases, geometry.out_sizes)] + [(0, 0, 0)]
       if any(lo or hi for lo, hi, _ in config):
@@ -353,7 +364,8 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
       total = value if total is None else total + value
     if total is None:
       total = jnp.zeros((batch,) + phases + (features,), dtype)
-    return total
+    built[key] = total
+    return key, total
 
   def interleave(prefix):
     # Stacks the phases of dimension len(prefix) next to its q axis and merges
@@ -364,12 +376,25 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
     parts = [interleave(prefix + (r,)) for r in range(geometry.strides[dim])]
     if len(parts) == 1:
       return parts[0]
-    stacked = jnp.stack(parts, axis=dim + 2)
+    key = ("interleave", dim) + tuple(part_key for part_key, _ in parts)
+    if key in built:
+      return key, built[key]
+    if all(part_key == parts[0][0] for part_key, _ in parts):
+      # The same phase at every residue: a broadcast, not a concatenation.
+      expanded = jnp.expand_dims(parts[0][1], dim + 2)
+      shape = list(expanded.shape)
+      shape[dim + 2] = len(parts)
+      stacked = jnp.broadcast_to(expanded, shape)
+    else:
+      stacked = jnp.stack([part for _, part in parts], axis=dim + 2)
     shape = stacked.shape
-    return stacked.reshape(shape[:dim + 1] + (shape[dim + 1] * shape[dim + 2],)
-                           + shape[dim + 3:])
+    merged = stacked.reshape(shape[:dim + 1] +
+                             (shape[dim + 1] * shape[dim + 2],) +
+                             shape[dim + 3:])
+    built[key] = merged
+    return key, merged
 
-  full = interleave(())
+  _, full = interleave(())
   # `full` spans [0, phases * s) of the padded line; keep [lo, lo + n).
   config = [(0, 0, 0)] + [(-lo, lo + n - q * s, 0) for (lo, _), n, q, s in zip(
       geometry.padding, geometry.in_sizes, phases, geometry.strides)]

@@ -35,7 +35,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv._geometry import check_floating
-from jaxconv.conv import _check_dtypes  # same-dtype rule as conv's
+from jaxconv._geometry import check_same_floating as _check_dtypes
 
 __all__ = [
     "dense",

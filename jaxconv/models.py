@@ -37,7 +37,6 @@ import numpy as np
 from jax import lax
 
 import jaxconv
-from jaxconv import _standin  # TEMPORARY: max_pool until jaxconv.pooling lands
 
 __all__ = [
     "GRADS",
@@ -119,8 +118,8 @@ def layers(grad: str = "custom") -> Layers:
     ValueError: ``grad`` is neither.
   """
   if grad == "custom":
-    max_pool = getattr(jaxconv, "max_pool", None) or _standin.max_pool
-    return Layers(conv=jaxconv.conv, relu=jaxconv.relu, max_pool=max_pool,
+    return Layers(conv=jaxconv.conv, relu=jaxconv.relu,
+                  max_pool=jaxconv.max_pool,
                   dense=jaxconv.dense,
                   softmax_cross_entropy=jaxconv.softmax_cross_entropy)
   if grad == "autodiff":

@@ -3,7 +3,7 @@
 This module is an independent oracle for the tests and a reading aid: every
 function is the equation of ``docs/derivation.md`` it names, written as a loop
 over kernel offsets (or over matrix entries) with nothing clever in between.
-It shares no code with the rules in ``jaxconv.conv``; in particular the input
+It shares no code with the rules in ``jaxconv.convolution``; in particular the input
 gradient here is the *scatter* form of eq. (12), each delta pushed back along
 the edges that produced it, not the rotated-kernel convolution of eq. (14),
 so agreement between the two is a real check of the derivation.

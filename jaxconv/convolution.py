@@ -224,6 +224,11 @@ def kernel_gradient_geometry(geometry: ConvGeometry, lhs_shape: Sequence[int],
   )
 
 
+def _rotate_180(rhs, spatial_axes):
+  """rot180(w) of eq. (14): the kernel reversed along every spatial axis."""
+  return jnp.flip(rhs, axis=tuple(spatial_axes))
+
+
 def _regroup_kernel(rhs, rhs_spec, groups: int):
   """Rearranges a grouped kernel for the input gradient (eq. 16).
 
@@ -332,7 +337,7 @@ def _input_gradient(cotangent, rhs, lhs_shape, lhs_dtype, geometry):
   derived = input_gradient_geometry(geometry, lhs_shape, rhs.shape)
   lhs_spec, rhs_spec, _ = geometry.dimension_numbers
   groups = geometry.feature_group_count * geometry.batch_group_count
-  kernel = jnp.flip(rhs, axis=tuple(rhs_spec[2:]))  # rot180, eq. (14)
+  kernel = _rotate_180(rhs, rhs_spec[2:])  # eq. (14)
   kernel = _regroup_kernel(kernel, rhs_spec, groups)  # eq. (16)
   if kernel.dtype != cotangent.dtype:
     kernel = kernel.astype(cotangent.dtype)
@@ -420,15 +425,6 @@ def _dimension_numbers(lhs_shape, rhs_shape, dimension_numbers):
                                       dimension_numbers)
   except (TypeError, ValueError) as error:
     raise type(error)(f"`dimension_numbers`: {error}") from None
-
-
-def _check_dtypes(lhs, rhs, lhs_name="lhs", rhs_name="rhs"):
-  lhs_dtype = _geometry.check_floating(lhs, lhs_name)
-  rhs_dtype = _geometry.check_floating(rhs, rhs_name)
-  if lhs_dtype != rhs_dtype:
-    raise TypeError(
-        f"`{lhs_name}` and `{rhs_name}` must have the same dtype, got "
-        f"{lhs_dtype} and {rhs_dtype}; cast one of them explicitly.")
 
 
 def _shape_of(value, name: str) -> tuple[int, ...]:
@@ -647,7 +643,7 @@ def conv_general_dilated(
     The convolution, in the layout of ``dimension_numbers``' output spec.
     Gradients with respect to ``lhs`` and ``rhs`` come back in their dtypes.
   """
-  _check_dtypes(lhs, rhs)
+  _geometry.check_same_floating(lhs, rhs)
   geometry = make_conv_geometry(
       lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
@@ -823,7 +819,7 @@ def conv(
   Returns:
     ``(batch..., *out_spatial, C_out)`` in ``x``'s dtype.
   """
-  _check_dtypes(x, w, "x", "w")
+  _geometry.check_same_floating(x, w, "x", "w")
   n = w.ndim - 2
   if n < 1:
     raise ValueError(
@@ -938,7 +934,7 @@ def conv_transpose(
   Returns:
     The transposed convolution, in the output layout.
   """
-  _check_dtypes(lhs, rhs)
+  _geometry.check_same_floating(lhs, rhs)
   if lhs.ndim != rhs.ndim or lhs.ndim < 3:
     raise ValueError(
         f"`lhs` and `rhs` must have the same rank >= 3, got shapes {lhs.shape} "

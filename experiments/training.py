@@ -1,0 +1,333 @@
+"""Training code shared by train_mnist1d.py and train_digits.py.
+
+One loop serves both scripts: an optax optimiser, shuffled minibatches, a test
+evaluation per epoch, a tqdm progress bar, a results JSON, the final
+parameters (``params.npz``) and a PNG of the curves. Three switches:
+
+* ``--grad {custom,autodiff}``: differentiate the network built from jaxconv
+  (every gradient hand-derived) or its lax/jax.nn twin (JAX's autodiff); see
+  ``jaxconv.models``.
+* ``--compare``: train both from the same initialisation on the same batches.
+  Each step records, at the custom run's parameters, the loss difference and
+  the largest relative gradient difference between the two gradients (the
+  correctness check: float32 round-off), and also how far the two runs have
+  drifted apart (the same two numbers between the two trajectories).
+* ``--devices N``: data parallel over the first N devices. The batch is
+  sharded along a one-axis mesh ``("batch",)``, the parameters and optimiser
+  state are replicated, and XLA inserts the gradient all-reduce. On CPU, set
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before starting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from jaxconv import models
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, epochs: int,
+                  batch_size: int, learning_rate: float, weight_decay: float,
+                  quick_epochs: int) -> None:
+  """Adds the options both scripts share, with each script's defaults."""
+  parser.add_argument("--grad", choices=models.GRADS, default="custom",
+                      help="gradients from jaxconv's hand-derived rules "
+                      "(custom) or JAX's autodiff of lax (default: custom)")
+  parser.add_argument("--compare", action="store_true",
+                      help="train custom and autodiff side by side from the "
+                      "same initialisation and report their differences")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="data parallel over the first N devices (default 1)")
+  parser.add_argument("--quick", action="store_true",
+                      help=f"{quick_epochs} epoch(s) instead of --epochs: a "
+                      "smoke test that runs in seconds")
+  parser.add_argument("--epochs", type=int, default=epochs,
+                      help=f"training epochs (default {epochs})")
+  parser.add_argument("--batch-size", type=int, default=batch_size,
+                      help=f"minibatch size (default {batch_size})")
+  parser.add_argument("--learning-rate", type=float, default=learning_rate,
+                      help=f"peak AdamW learning rate (default {learning_rate})")
+  parser.add_argument("--weight-decay", type=float, default=weight_decay,
+                      help=f"AdamW weight decay (default {weight_decay})")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the initialisation and the batch order")
+  parser.add_argument("--out", type=Path, default=None,
+                      help="output folder (default experiments/results/NAME)")
+  parser.add_argument("--no-progress", action="store_true",
+                      help="no progress bar")
+  parser.set_defaults(quick_epochs=quick_epochs)
+
+
+def _mesh(devices: int, batch_size: int) -> tuple[NamedSharding, NamedSharding]:
+  """(replicated, batch-sharded) shardings over the first ``devices``."""
+  available = jax.devices()
+  if not 1 <= devices <= len(available):
+    hint = (" On CPU, start with XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={devices}."
+            if available[0].platform == "cpu" else "")
+    raise SystemExit(f"--devices {devices}: {len(available)} device(s) "
+                     f"available.{hint}")
+  if batch_size % devices:
+    raise SystemExit(f"--batch-size {batch_size} must be a multiple of "
+                     f"--devices {devices}.")
+  mesh = Mesh(np.asarray(available[:devices]), ("batch",))
+  return (NamedSharding(mesh, PartitionSpec()),
+          NamedSharding(mesh, PartitionSpec("batch")))
+
+
+def relative_difference(a, b) -> jax.Array:
+  """Largest, over the leaves, of ``max |a - b| / max |b|`` (leaf-wise scale).
+
+  Each leaf is measured against its own largest entry, so that entries that
+  happen to be near zero do not turn round-off into large ratios.
+  """
+  def leaf(x, y):
+    scale = jnp.maximum(jnp.max(jnp.abs(y)), jnp.finfo(y.dtype).tiny)
+    return jnp.max(jnp.abs(x - y)) / scale
+  return jnp.max(jnp.stack(jax.tree.leaves(jax.tree.map(leaf, a, b))))
+
+
+def _accuracy(apply, params, x, y, grad) -> jax.Array:
+  return jnp.mean(jnp.argmax(apply(params, x, grad), axis=-1) == y)
+
+
+def _make_steps(apply, optimizer, grads: tuple[str, ...]):
+  """The jitted train step for one run, or for custom and autodiff together."""
+
+  def value_and_grad(grad, params, x, y):
+    return jax.value_and_grad(models.loss, argnums=1)(apply, params, x, y, grad)
+
+  def update(params, opt_state, gradient):
+    updates, opt_state = optimizer.update(gradient, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def single_step(states, x, y):
+    (params, opt_state), = states
+    loss, gradient = value_and_grad(grads[0], params, x, y)
+    return (update(params, opt_state, gradient),), {"loss": loss}
+
+  def compare_step(states, x, y):
+    (params_c, opt_c), (params_a, opt_a) = states
+    loss_c, grad_c = value_and_grad("custom", params_c, x, y)
+    loss_a, grad_a = value_and_grad("autodiff", params_a, x, y)
+    # The correctness check: both gradients at the same point.
+    loss_same, grad_same = value_and_grad("autodiff", params_c, x, y)
+    metrics = {
+        "loss": loss_c,
+        "loss_autodiff": loss_a,
+        "loss_difference": jnp.abs(loss_c - loss_same),
+        "grad_difference": relative_difference(grad_c, grad_same),
+        "trajectory_loss_difference": jnp.abs(loss_c - loss_a),
+        "trajectory_grad_difference": relative_difference(grad_c, grad_a),
+        "trajectory_param_difference": relative_difference(params_c,
+                                                           params_a),
+    }
+    return (update(params_c, opt_c, grad_c),
+            update(params_a, opt_a, grad_a)), metrics
+
+  return single_step if len(grads) == 1 else compare_step
+
+
+def _save_params(path: Path, params) -> None:
+  flat = {"/".join(str(getattr(k, "key", k)) for k in keys): np.asarray(leaf)
+          for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  np.savez(path, **flat)
+
+
+def train(name: str, model: models.Model, data: dict, args,
+          init_kwargs: dict | None = None) -> dict:
+  """Trains ``model`` on ``data`` as ``args`` says; writes and returns results.
+
+  Args:
+    name: the experiment's name (output folder, titles).
+    model: a :class:`jaxconv.models.Model`.
+    data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` as NumPy arrays.
+    args: the parsed options of :func:`add_arguments`.
+    init_kwargs: extra keyword arguments of ``model.init``.
+
+  Returns:
+    The results dict that is also written to ``results.json``, with the final
+    parameters under ``"params"`` (not written to the JSON).
+  """
+  grads = models.GRADS if args.compare else (args.grad,)
+  epochs = args.quick_epochs if args.quick else args.epochs
+  replicated, batch_sharded = _mesh(args.devices, args.batch_size)
+  steps_per_epoch = len(data["x_train"]) // args.batch_size
+  total_steps = epochs * steps_per_epoch
+  if total_steps == 0:
+    raise SystemExit("no training steps: fewer examples than --batch-size.")
+
+  schedule = optax.cosine_decay_schedule(args.learning_rate, total_steps)
+  optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
+  params = model.init(jax.random.key(args.seed), **(init_kwargs or {}))
+  # Same initialisation for every run; replicated over the mesh.
+  states = tuple(jax.device_put((params, optimizer.init(params)), replicated)
+                 for _ in grads)
+  step = jax.jit(_make_steps(model.apply, optimizer, grads),
+                 out_shardings=replicated)
+  accuracy = jax.jit(lambda p, x, y, grad: _accuracy(model.apply, p, x, y, grad),
+                     static_argnums=3)
+  x_test = jax.device_put(data["x_test"], replicated)
+  y_test = jax.device_put(data["y_test"], replicated)
+
+  history = {"step": [], "epoch": [], "test_accuracy": {g: [] for g in grads},
+             "step_metrics": {}}
+  order = np.random.default_rng(args.seed)
+  start = time.perf_counter()
+  bar = tqdm(total=total_steps, desc=name, unit="step", file=sys.stderr,
+             disable=args.no_progress, dynamic_ncols=True)
+  for epoch in range(1, epochs + 1):
+    permutation = order.permutation(len(data["x_train"]))
+    epoch_metrics = []
+    for i in range(steps_per_epoch):
+      batch = permutation[i * args.batch_size:(i + 1) * args.batch_size]
+      x = jax.device_put(data["x_train"][batch], batch_sharded)
+      y = jax.device_put(data["y_train"][batch], batch_sharded)
+      states, metrics = step(states, x, y)
+      epoch_metrics.append(metrics)
+      bar.update()
+    # One device-to-host transfer per epoch, not per step.
+    for key, values in jax.device_get(
+        jax.tree.map(lambda *v: jnp.stack(v), *epoch_metrics)).items():
+      history["step_metrics"].setdefault(key, []).extend(values.tolist())
+    for grad, (params, _) in zip(grads, states):
+      history["test_accuracy"][grad].append(
+          float(accuracy(params, x_test, y_test, grad)))
+    history["epoch"].append(epoch)
+    postfix = {"loss": f"{history['step_metrics']['loss'][-1]:.4f}",
+               "test": f"{history['test_accuracy'][grads[0]][-1]:.3f}"}
+    if args.compare:
+      postfix["grad diff"] = (
+          f"{max(history['step_metrics']['grad_difference']):.1e}")
+    bar.set_postfix(postfix)
+  bar.close()
+  seconds = time.perf_counter() - start
+  history["step"] = list(range(1, total_steps + 1))
+
+  results = {
+      "experiment": name,
+      "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+      "grads": list(grads),
+      "epochs": epochs,
+      "steps": total_steps,
+      "batch_size": args.batch_size,
+      "learning_rate": args.learning_rate,
+      "weight_decay": args.weight_decay,
+      "seed": args.seed,
+      "devices": [str(d) for d in jax.devices()[:args.devices]],
+      "train_examples": len(data["x_train"]),
+      "test_examples": len(data["x_test"]),
+      "seconds": seconds,
+      "seconds_per_step": seconds / total_steps,
+      "test_accuracy": history["test_accuracy"][grads[0]][-1],
+      "versions": {"jax": jax.__version__, "optax": optax.__version__,
+                   "python": platform.python_version()},
+      "history": history,
+  }
+  if args.compare:
+    metrics = history["step_metrics"]
+    results["compare"] = {
+        "max_loss_difference": max(metrics["loss_difference"]),
+        "max_grad_difference": max(metrics["grad_difference"]),
+        "max_trajectory_loss_difference": max(
+            metrics["trajectory_loss_difference"]),
+        "max_trajectory_grad_difference": max(
+            metrics["trajectory_grad_difference"]),
+        "final_trajectory_param_difference": metrics[
+            "trajectory_param_difference"][-1],
+        "test_accuracy_autodiff": history["test_accuracy"]["autodiff"][-1],
+    }
+
+  out = args.out or Path(__file__).parent / "results" / name
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+  _save_params(out / "params.npz", states[0][0])
+  plot(results, out / "curves.png")
+  results["params"] = states[0][0]
+  results["out"] = str(out)
+  _summarise(results)
+  return results
+
+
+def plot(results: dict, path: Path) -> None:
+  """Training loss (custom and autodiff on the same axes), test accuracy and,
+  with ``--compare``, the per-step differences on a log scale."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  history = results["history"]
+  metrics = history["step_metrics"]
+  compare = "compare" in results
+  fig, axes = plt.subplots(1, 3 if compare else 2,
+                           figsize=(15 if compare else 10, 4))
+  loss_axis, accuracy_axis = axes[0], axes[1]
+  grads = results["grads"]
+  styles = {"custom": dict(color="C0", lw=1.2),
+            "autodiff": dict(color="C1", lw=1.0, ls="--")}
+  losses = {grads[0]: metrics["loss"]}
+  if compare:
+    losses["autodiff"] = metrics["loss_autodiff"]
+  for grad, values in losses.items():
+    loss_axis.plot(history["step"], values, label=grad, **styles[grad])
+  loss_axis.set(xlabel="step", ylabel="training loss (batch)", yscale="log",
+                title="training loss")
+  loss_axis.legend()
+  for grad in grads:
+    accuracy_axis.plot(history["epoch"], history["test_accuracy"][grad],
+                       marker=".", label=grad, **styles[grad])
+  accuracy_axis.set(xlabel="epoch", ylabel="test accuracy",
+                    title=f"test accuracy (final "
+                    f"{results['test_accuracy']:.3f})")
+  accuracy_axis.legend()
+  if compare:
+    axis = axes[2]
+    for key, label in [
+        ("grad_difference", "gradient, same parameters"),
+        ("loss_difference", "loss, same parameters"),
+        ("trajectory_param_difference", "parameters, run vs run")]:
+      values = np.maximum(np.asarray(metrics[key]), 1e-12)
+      axis.plot(history["step"], values, label=label, lw=0.8)
+    axis.set(xlabel="step", ylabel="relative / absolute difference",
+             yscale="log", title="custom vs autodiff")
+    axis.legend(fontsize="small")
+  fig.suptitle(f"{results['experiment']}: {results['command']}",
+               fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _summarise(results: dict) -> None:
+  print(f"{results['experiment']}: {results['steps']} steps in "
+        f"{results['seconds']:.1f} s "
+        f"({1e3 * results['seconds_per_step']:.2f} ms/step) on "
+        f"{len(results['devices'])} device(s); results in {results['out']}")
+  if "compare" in results:
+    c = results["compare"]
+    print(f"custom vs autodiff at the same parameters: max loss difference "
+          f"{c['max_loss_difference']:.2e}, max relative gradient difference "
+          f"{c['max_grad_difference']:.2e}")
+    print(f"custom vs autodiff, two runs: max loss difference "
+          f"{c['max_trajectory_loss_difference']:.2e}, final relative "
+          f"parameter difference {c['final_trajectory_param_difference']:.2e}"
+          f", autodiff test accuracy {c['test_accuracy_autodiff']:.3f}")
+
+
+def parse(parser: argparse.ArgumentParser, argv=None):
+  """Parses ``argv`` (default: the command line)."""
+  args = parser.parse_args(argv)
+  if args.devices < 1:
+    parser.error("--devices must be positive.")
+  return args

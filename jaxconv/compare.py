@@ -1,0 +1,325 @@
+"""Compare jaxconv's hand-derived gradients with ``jax.grad`` of lax.
+
+Run ``python -m jaxconv.compare`` (or ``jaxconv-compare``) for the built-in
+sweep, or describe one configuration on the command line::
+
+    python -m jaxconv.compare --conv "input=8x32x32x16 kernel=3x3x16x32 stride=2 padding=SAME"
+    python -m jaxconv.compare --conv-transpose "input=2x9x9x4 kernel=3x3x4x6 stride=2 padding=VALID"
+
+For each configuration it prints the largest absolute and relative difference
+of the output and of every gradient between jaxconv and lax (same inputs, same
+random cotangent), and the ratio of the jitted forward+backward times
+(jaxconv / lax; below 1 means jaxconv is faster). The exit status is 1 if any
+relative difference exceeds the dtype's tolerance, else 0.
+
+Relative difference: ``max |ours - lax| / max(1, max |lax|)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jaxconv
+
+__all__ = ["Case", "CASES", "compare_case", "conv_case", "main",
+           "register_case", "TOLERANCE"]
+
+# Largest accepted relative difference per dtype (both sides in that dtype).
+TOLERANCE = {
+    "float64": 1e-10,
+    "float32": 1e-5,
+    "float16": 2e-3,
+    "bfloat16": 1.6e-2,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One comparison: two functions of the same arrays.
+
+  Attributes:
+    name: a short label for the table.
+    shapes: the shapes of the differentiated arguments.
+    ours: the jaxconv function of those arguments.
+    theirs: the same function built from lax (autodiff gives its gradients).
+    argnames: a label for each argument's gradient.
+    positive: draw positive inputs (for functions undefined below zero).
+  """
+
+  name: str
+  shapes: tuple[tuple[int, ...], ...]
+  ours: Callable
+  theirs: Callable
+  argnames: tuple[str, ...]
+  positive: bool = False
+
+
+CASES: list[Case] = []
+
+
+def register_case(case: Case) -> Case:
+  """Adds a case to the default sweep and returns it."""
+  CASES.append(case)
+  return case
+
+
+def _channels_last(n: int) -> tuple[str, str, str]:
+  letters = "DHW"[-n:] if n <= 3 else "".join(chr(ord("a") + i) for i in range(n))
+  return "N" + letters + "C", letters + "IO", "N" + letters + "C"
+
+
+def conv_case(input_shape, kernel_shape, stride=1, padding="VALID", dilation=1,
+              groups=1, transpose=False, name=None) -> Case:
+  """A channels-last convolution (or transposed convolution) case.
+
+  Args:
+    input_shape: ``(batch, *spatial, C_in)``.
+    kernel_shape: ``(*window, C_in // groups, C_out)`` (for ``transpose``:
+      ``(*window, C_in, C_out)``).
+    stride, padding, dilation, groups: as in ``jaxconv.conv`` (for
+      ``transpose``: as in ``jaxconv.conv_transpose``, ``groups`` must be 1).
+    transpose: compare ``conv_transpose`` instead of ``conv``.
+    name: the label; made from the arguments when ``None``.
+
+  Returns:
+    A ``Case`` comparing jaxconv with lax.
+  """
+  n = len(kernel_shape) - 2
+  layout = _channels_last(n)
+  strides = (stride,) * n if isinstance(stride, int) else tuple(stride)
+  dilations = (dilation,) * n if isinstance(dilation, int) else tuple(dilation)
+  if name is None:
+    kind = "conv_transpose" if transpose else "conv"
+    name = (f"{kind} {'x'.join(map(str, input_shape))} k"
+            f"{'x'.join(map(str, kernel_shape))} s{stride} {padding}"
+            + (f" d{dilation}" if dilation != 1 else "")
+            + (f" g{groups}" if groups != 1 else ""))
+  if transpose:
+    ours = lambda x, w: jaxconv.conv_transpose(
+        x, w, strides, padding, dilations, layout)
+    theirs = lambda x, w: lax.conv_transpose(
+        x, w, strides, padding, dilations, layout)
+  else:
+    lax_padding = padding
+    if not isinstance(padding, str):
+      # conv's int / per-dimension padding is symmetric.
+      lax_padding = jaxconv.convolution._layer_padding(padding, n)
+    ours = lambda x, w: jaxconv.conv(x, w, stride=stride, padding=padding,
+                                     dilation=dilation, groups=groups)
+    theirs = lambda x, w: lax.conv_general_dilated(
+        x, w, strides, lax_padding, rhs_dilation=dilations,
+        dimension_numbers=layout, feature_group_count=groups)
+  return Case(name, (tuple(input_shape), tuple(kernel_shape)), ours, theirs,
+              ("input", "kernel"))
+
+
+for _args in [
+    dict(input_shape=(4, 28, 4), kernel_shape=(5, 4, 8), stride=2,
+         padding="SAME"),
+    dict(input_shape=(4, 16, 16, 8), kernel_shape=(3, 3, 8, 16),
+         padding="SAME"),
+    dict(input_shape=(4, 17, 15, 8), kernel_shape=(3, 3, 8, 16), stride=2,
+         padding=1),
+    dict(input_shape=(4, 16, 16, 8), kernel_shape=(3, 3, 8, 8), dilation=2,
+         padding="SAME"),
+    dict(input_shape=(4, 16, 16, 16), kernel_shape=(3, 3, 1, 16), stride=2,
+         padding="SAME", groups=16),
+    dict(input_shape=(4, 16, 16, 16), kernel_shape=(3, 3, 4, 16),
+         padding="VALID", groups=4),
+    dict(input_shape=(4, 16, 16, 32), kernel_shape=(1, 1, 32, 16)),
+    dict(input_shape=(2, 6, 8, 8, 4), kernel_shape=(3, 3, 3, 4, 8), stride=2,
+         padding="SAME"),
+    dict(input_shape=(4, 8, 8, 8), kernel_shape=(3, 3, 8, 4), stride=2,
+         padding="SAME", transpose=True),
+    dict(input_shape=(4, 7, 9, 8), kernel_shape=(4, 4, 8, 4), stride=(2, 3),
+         padding="VALID", transpose=True),
+]:
+  register_case(conv_case(**_args))
+
+
+def _arrays(case: Case, dtype, seed: int):
+  rng = np.random.default_rng(seed)
+  arrays = []
+  for shape in case.shapes:
+    values = rng.normal(size=shape)
+    if case.positive:
+      values = np.abs(values) + 0.1
+    arrays.append(jnp.asarray(values, dtype))
+  return arrays
+
+
+def _max_differences(ours, theirs) -> tuple[float, float]:
+  ours = np.asarray(ours, dtype=np.float64)
+  theirs = np.asarray(theirs, dtype=np.float64)
+  if theirs.size == 0:
+    return 0.0, 0.0
+  absolute = float(np.max(np.abs(ours - theirs)))
+  return absolute, absolute / max(1.0, float(np.max(np.abs(theirs))))
+
+
+def _time_calls(function, args, repeats: int) -> list[float]:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(function(*args))
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def compare_case(case: Case, dtype="float32", seed: int = 0,
+                 timing_repeats: int = 5) -> dict:
+  """Compares one case; returns the differences, the time ratio and a verdict.
+
+  Args:
+    case: the ``Case``.
+    dtype: the dtype of the inputs (both sides use it).
+    seed: seeds the inputs and the cotangent.
+    timing_repeats: interleaved timed calls of each side; 0 skips timing.
+
+  Returns:
+    A dict with ``name``, ``rows`` (``(what, max abs, max rel)`` for the
+    output and each gradient), ``time_ratio`` (jaxconv / lax, or ``None``)
+    and ``ok``.
+  """
+  dtype = jnp.dtype(dtype)
+  args = _arrays(case, dtype, seed)
+  ours_out, ours_pullback = jax.vjp(case.ours, *args)
+  theirs_out, theirs_pullback = jax.vjp(case.theirs, *args)
+  rng = np.random.default_rng(seed + 1)
+  cotangent = jnp.asarray(rng.normal(size=theirs_out.shape), theirs_out.dtype)
+  rows = [("output",) + _max_differences(ours_out, theirs_out)]
+  for name, ours_grad, theirs_grad in zip(
+      case.argnames, ours_pullback(cotangent), theirs_pullback(cotangent)):
+    rows.append((f"d {name}",) + _max_differences(ours_grad, theirs_grad))
+  tolerance = TOLERANCE[dtype.name]
+  ok = all(rel <= tolerance for _, _, rel in rows)
+
+  ratio = None
+  if timing_repeats:
+    def training_step(function):
+      loss = lambda *a: jnp.sum(function(*a) * cotangent)
+      return jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))
+    ours_step, theirs_step = training_step(case.ours), training_step(case.theirs)
+    ours_times, theirs_times = [], []
+    for step in (ours_step, theirs_step):  # compile and warm up
+      jax.block_until_ready(step(*args))
+    for _ in range(timing_repeats):        # interleaved
+      ours_times += _time_calls(ours_step, args, 1)
+      theirs_times += _time_calls(theirs_step, args, 1)
+    ratio = float(np.median(ours_times) / np.median(theirs_times))
+  return dict(name=case.name, rows=rows, time_ratio=ratio, ok=ok,
+              tolerance=tolerance)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+  return tuple(int(v) for v in text.lower().split("x"))
+
+
+def _parse_ints(text: str):
+  values = _parse_shape(text) if "x" in text.lower() else (int(text),)
+  return values[0] if len(values) == 1 else values
+
+
+def parse_conv_spec(spec: str, transpose: bool = False) -> Case:
+  """Parses ``"input=8x32x32x16 kernel=3x3x16x32 stride=2 padding=SAME"``.
+
+  Keys: ``input`` and ``kernel`` (required, shapes as ``AxBxC``), ``stride``,
+  ``dilation`` (an int or ``AxB``), ``padding`` (``SAME``, ``VALID`` or an
+  int), ``groups``.
+  """
+  fields = {}
+  for item in spec.replace(",", " ").split():
+    if "=" not in item:
+      raise ValueError(f"expected key=value in the case spec, got {item!r}")
+    key, value = item.split("=", 1)
+    fields[key.strip().lower()] = value.strip()
+  unknown = set(fields) - {"input", "kernel", "stride", "dilation", "padding",
+                           "groups"}
+  if unknown or not {"input", "kernel"} <= set(fields):
+    raise ValueError(
+        f"case spec needs input= and kernel= and accepts stride=, dilation=, "
+        f"padding=, groups=; got {sorted(fields)}")
+  padding = fields.get("padding", "VALID")
+  if padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
+    padding = int(padding)
+  else:
+    padding = padding.upper()
+  return conv_case(_parse_shape(fields["input"]), _parse_shape(fields["kernel"]),
+                   stride=_parse_ints(fields.get("stride", "1")),
+                   padding=padding,
+                   dilation=_parse_ints(fields.get("dilation", "1")),
+                   groups=int(fields.get("groups", "1")), transpose=transpose)
+
+
+def format_table(results: Sequence[dict]) -> str:
+  """The comparison table, one line per (case, output or gradient)."""
+  lines = [f"{'configuration':<52} {'what':<10} {'max abs':>10} {'max rel':>10}"
+           f" {'time ratio':>10}  verdict"]
+  for result in results:
+    for i, (what, absolute, relative) in enumerate(result["rows"]):
+      name = result["name"] if i == 0 else ""
+      ratio = ""
+      if i == 0 and result["time_ratio"] is not None:
+        ratio = f"{result['time_ratio']:.2f}"
+      verdict = "ok" if relative <= result["tolerance"] else "MISMATCH"
+      lines.append(f"{name[:52]:<52} {what:<10} {absolute:>10.2e} "
+                   f"{relative:>10.2e} {ratio:>10}  {verdict}")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Command-line entry point; returns the exit status."""
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxconv.compare",
+      description="Compare jaxconv's hand-derived gradients with jax.grad of "
+                  "lax. Exit status 1 if any difference exceeds the dtype's "
+                  "tolerance.")
+  parser.add_argument("--conv", action="append", default=[], metavar="SPEC",
+                      help='a conv case, e.g. "input=8x32x32x16 '
+                           'kernel=3x3x16x32 stride=2 padding=SAME"')
+  parser.add_argument("--conv-transpose", action="append", default=[],
+                      metavar="SPEC", help="a conv_transpose case, same keys")
+  parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCE))
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="interleaved timed runs per side (0: no timing)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  if args.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  try:
+    cases = ([parse_conv_spec(s) for s in args.conv]
+             + [parse_conv_spec(s, transpose=True) for s in args.conv_transpose])
+  except ValueError as error:
+    parser.error(str(error))
+  if not cases:
+    cases = list(CASES)
+  results = []
+  for case in cases:
+    results.append(compare_case(case, args.dtype, args.seed, args.repeats))
+  print(format_table(results))
+  failures = [r["name"] for r in results if not r["ok"]]
+  ratios = [r["time_ratio"] for r in results if r["time_ratio"] is not None]
+  if ratios:
+    print(f"\ntime ratio jaxconv / lax (forward+backward, jitted, median of "
+          f"{args.repeats}): geometric mean {np.exp(np.mean(np.log(ratios))):.2f}")
+  if failures:
+    print(f"\n{len(failures)} of {len(results)} configurations exceed the "
+          f"{args.dtype} tolerance {TOLERANCE[args.dtype]:.1e}: "
+          + ", ".join(failures))
+    return 1
+  print(f"\nall {len(results)} configurations agree within the {args.dtype} "
+        f"tolerance {TOLERANCE[args.dtype]:.1e}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
