@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, epochs: int,
                       help=f"peak AdamW learning rate (default {learning_rate})")
   parser.add_argument("--weight-decay", type=float, default=weight_decay,
                       help=f"AdamW weight decay (default {weight_decay})")
+  parser.add_argument("--max-steps", type=int, default=None,
+                      help="stop after this many steps (default: all epochs)")
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the initialisation and the batch order")
   parser.add_argument("--out", type=Path, default=None,
@@ -88,6 +90,8 @@ def _mesh(devices: int, batch_size: int) -> tuple[NamedSharding, NamedSharding]:
 
 def relative_difference(a, b) -> jax.Array:
   """Largest, over the leaves, of ``max |a - b| / max |b|`` (leaf-wise scale).
+
+  For two scalars (losses) it is ``|a - b| / |b|``.
 
   Each leaf is measured against its own largest entry, so that entries that
   happen to be near zero do not turn round-off into large ratios.
@@ -126,9 +130,9 @@ def _make_steps(apply, optimizer, grads: tuple[str, ...]):
     metrics = {
         "loss": loss_c,
         "loss_autodiff": loss_a,
-        "loss_difference": jnp.abs(loss_c - loss_same),
+        "loss_difference": relative_difference(loss_c, loss_same),
         "grad_difference": relative_difference(grad_c, grad_same),
-        "trajectory_loss_difference": jnp.abs(loss_c - loss_a),
+        "trajectory_loss_difference": relative_difference(loss_c, loss_a),
         "trajectory_grad_difference": relative_difference(grad_c, grad_a),
         "trajectory_param_difference": relative_difference(params_c,
                                                            params_a),
@@ -146,7 +150,7 @@ def _save_params(path: Path, params) -> None:
 
 
 def train(name: str, model: models.Model, data: dict, args,
-          init_kwargs: dict | None = None) -> dict:
+          init_kwargs: dict | None = None, augment=None) -> dict:
   """Trains ``model`` on ``data`` as ``args`` says; writes and returns results.
 
   Args:
@@ -155,6 +159,9 @@ def train(name: str, model: models.Model, data: dict, args,
     data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` as NumPy arrays.
     args: the parsed options of :func:`add_arguments`.
     init_kwargs: extra keyword arguments of ``model.init``.
+    augment: optional ``augment(x_batch, rng) -> x_batch`` applied to each
+      training batch on the host, with a NumPy generator seeded by ``--seed``
+      (so that compared and sharded runs see the same batches).
 
   Returns:
     The results dict that is also written to ``results.json``, with the final
@@ -165,15 +172,21 @@ def train(name: str, model: models.Model, data: dict, args,
   replicated, batch_sharded = _mesh(args.devices, args.batch_size)
   steps_per_epoch = len(data["x_train"]) // args.batch_size
   total_steps = epochs * steps_per_epoch
-  if total_steps == 0:
+  if args.max_steps is not None:
+    total_steps = min(total_steps, args.max_steps)
+  if total_steps <= 0:
     raise SystemExit("no training steps: fewer examples than --batch-size.")
 
   schedule = optax.cosine_decay_schedule(args.learning_rate, total_steps)
   optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
-  params = model.init(jax.random.key(args.seed), **(init_kwargs or {}))
+  @jax.jit
+  def initialise(key):
+    params = model.init(key, **(init_kwargs or {}))
+    return params, optimizer.init(params)
+
   # Same initialisation for every run; replicated over the mesh.
-  states = tuple(jax.device_put((params, optimizer.init(params)), replicated)
-                 for _ in grads)
+  state = jax.device_put(initialise(jax.random.key(args.seed)), replicated)
+  states = (state,) * len(grads)
   step = jax.jit(_make_steps(model.apply, optimizer, grads),
                  out_shardings=replicated)
   accuracy = jax.jit(lambda p, x, y, grad: _accuracy(model.apply, p, x, y, grad),
@@ -184,23 +197,41 @@ def train(name: str, model: models.Model, data: dict, args,
   history = {"step": [], "epoch": [], "test_accuracy": {g: [] for g in grads},
              "step_metrics": {}}
   order = np.random.default_rng(args.seed)
+  # Compile ahead of time, so that the timing below is of training alone.
+  start = time.perf_counter()
+  batch_shape = (args.batch_size,) + data["x_train"].shape[1:]
+  step = step.lower(
+      states,
+      jax.ShapeDtypeStruct(batch_shape, data["x_train"].dtype,
+                           sharding=batch_sharded),
+      jax.ShapeDtypeStruct((args.batch_size,), data["y_train"].dtype,
+                           sharding=batch_sharded)).compile()
+  compile_seconds = time.perf_counter() - start
   start = time.perf_counter()
   bar = tqdm(total=total_steps, desc=name, unit="step", file=sys.stderr,
              disable=args.no_progress, dynamic_ncols=True)
+  done = 0
   for epoch in range(1, epochs + 1):
+    steps = min(steps_per_epoch, total_steps - done)
+    if steps == 0:
+      break
+    done += steps
     permutation = order.permutation(len(data["x_train"]))
     epoch_metrics = []
-    for i in range(steps_per_epoch):
+    for i in range(steps):
       batch = permutation[i * args.batch_size:(i + 1) * args.batch_size]
-      x = jax.device_put(data["x_train"][batch], batch_sharded)
+      x = data["x_train"][batch]
+      if augment is not None:
+        x = augment(x, order)
+      x = jax.device_put(x, batch_sharded)
       y = jax.device_put(data["y_train"][batch], batch_sharded)
       states, metrics = step(states, x, y)
       epoch_metrics.append(metrics)
       bar.update()
-    # One device-to-host transfer per epoch, not per step.
-    for key, values in jax.device_get(
-        jax.tree.map(lambda *v: jnp.stack(v), *epoch_metrics)).items():
-      history["step_metrics"].setdefault(key, []).extend(values.tolist())
+    # Metrics come to the host once per epoch, not after every step.
+    for metrics in jax.device_get(epoch_metrics):
+      for key, value in metrics.items():
+        history["step_metrics"].setdefault(key, []).append(float(value))
     for grad, (params, _) in zip(grads, states):
       history["test_accuracy"][grad].append(
           float(accuracy(params, x_test, y_test, grad)))
@@ -219,7 +250,7 @@ def train(name: str, model: models.Model, data: dict, args,
       "experiment": name,
       "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
       "grads": list(grads),
-      "epochs": epochs,
+      "epochs": history["epoch"][-1],
       "steps": total_steps,
       "batch_size": args.batch_size,
       "learning_rate": args.learning_rate,
@@ -228,6 +259,7 @@ def train(name: str, model: models.Model, data: dict, args,
       "devices": [str(d) for d in jax.devices()[:args.devices]],
       "train_examples": len(data["x_train"]),
       "test_examples": len(data["x_test"]),
+      "compile_seconds": compile_seconds,
       "seconds": seconds,
       "seconds_per_step": seconds / total_steps,
       "test_accuracy": history["test_accuracy"][grads[0]][-1],
@@ -279,10 +311,16 @@ def plot(results: dict, path: Path) -> None:
   losses = {grads[0]: metrics["loss"]}
   if compare:
     losses["autodiff"] = metrics["loss_autodiff"]
+  steps_per_epoch = len(history["step"]) // len(history["epoch"])
   for grad, values in losses.items():
-    loss_axis.plot(history["step"], values, label=grad, **styles[grad])
-  loss_axis.set(xlabel="step", ylabel="training loss (batch)", yscale="log",
-                title="training loss")
+    loss_axis.plot(history["step"], values, alpha=0.25, lw=0.5,
+                   color=styles[grad]["color"])
+    epoch_means = np.asarray(values[:steps_per_epoch * len(history["epoch"])])
+    epoch_means = epoch_means.reshape(-1, steps_per_epoch).mean(axis=1)
+    loss_axis.plot(np.arange(1, len(epoch_means) + 1) * steps_per_epoch,
+                   epoch_means, label=f"{grad} (epoch mean)", **styles[grad])
+  loss_axis.set(xlabel="step", ylabel="training loss", yscale="log",
+                title="training loss (batches, epoch means)")
   loss_axis.legend()
   for grad in grads:
     accuracy_axis.plot(history["epoch"], history["test_accuracy"][grad],
@@ -299,7 +337,7 @@ def plot(results: dict, path: Path) -> None:
         ("trajectory_param_difference", "parameters, run vs run")]:
       values = np.maximum(np.asarray(metrics[key]), 1e-12)
       axis.plot(history["step"], values, label=label, lw=0.8)
-    axis.set(xlabel="step", ylabel="relative / absolute difference",
+    axis.set(xlabel="step", ylabel="relative difference",
              yscale="log", title="custom vs autodiff")
     axis.legend(fontsize="small")
   fig.suptitle(f"{results['experiment']}: {results['command']}",
@@ -311,15 +349,16 @@ def plot(results: dict, path: Path) -> None:
 
 def _summarise(results: dict) -> None:
   print(f"{results['experiment']}: {results['steps']} steps in "
-        f"{results['seconds']:.1f} s "
+        f"{results['seconds']:.1f} s after {results['compile_seconds']:.1f} s "
+        f"of compilation "
         f"({1e3 * results['seconds_per_step']:.2f} ms/step) on "
         f"{len(results['devices'])} device(s); results in {results['out']}")
   if "compare" in results:
     c = results["compare"]
-    print(f"custom vs autodiff at the same parameters: max loss difference "
-          f"{c['max_loss_difference']:.2e}, max relative gradient difference "
-          f"{c['max_grad_difference']:.2e}")
-    print(f"custom vs autodiff, two runs: max loss difference "
+    print(f"custom vs autodiff at the same parameters: max relative loss "
+          f"difference {c['max_loss_difference']:.2e}, max relative gradient "
+          f"difference {c['max_grad_difference']:.2e}")
+    print(f"custom vs autodiff, two runs: max relative loss difference "
           f"{c['max_trajectory_loss_difference']:.2e}, final relative "
           f"parameter difference {c['final_trajectory_param_difference']:.2e}"
           f", autodiff test accuracy {c['test_accuracy_autodiff']:.3f}")

@@ -5,6 +5,7 @@ from the derivation in ``docs/derivation.md``; the equation numbers in the
 docstrings and in the comment block atop each rule refer to that document.
 """
 
+from jaxconv._algorithms import ALGORITHMS, choose_algorithm, use_algorithm
 from jaxconv.convolution import (
     ConvGeometry,
     conv,
@@ -54,6 +55,9 @@ from jaxconv.pooling import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALGORITHMS",
+    "choose_algorithm",
+    "use_algorithm",
     "ConvGeometry",
     "conv",
     "conv_bias_grad",

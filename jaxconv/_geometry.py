@@ -163,13 +163,18 @@ def window_count(padded_size: int, window: int, stride: int) -> int:
 
 def pool_window_count(size: int, pad_lo: int, pad_hi: int, window: int,
                       stride: int, ceil_mode: bool = False) -> int:
-  """Number of pooling windows along one dimension, PyTorch's rule.
+  """Number of pooling windows along one dimension, eqs. (30) and (31).
 
-  Floor mode is :func:`window_count` on the padded size. With ``ceil_mode``
-  the division rounds up, so a last, partial window may hang over the end of
-  the padding; a window that would start inside the right padding (at or past
-  ``pad_lo + size``) is dropped. This is ``pooling_output_shape_pad_lr`` in
-  PyTorch and eq. (31) of the derivation.
+  Floor mode counts the windows that fit in the padded line: eq. (4) on
+  ``pad_lo + size + pad_hi``. ``ceil_mode`` adds one last, partial window when
+  the division leaves a remainder, provided that window starts before the
+  right padding (at padded position ``< pad_lo + size``); it may hang over
+  the end of the padding.
+
+  Wherever PyTorch accepts the padding (at most half the window) this is
+  PyTorch's ``pooling_output_shape_pad_lr``. Beyond that bound PyTorch's
+  formula can also drop a window that floor mode keeps; this one never
+  returns fewer windows in ceil mode than in floor mode.
 
   Args:
     size: the unpadded input size.
@@ -177,17 +182,15 @@ def pool_window_count(size: int, pad_lo: int, pad_hi: int, window: int,
     pad_hi: padding after the input.
     window: the effective (dilated) window extent.
     stride: the window stride.
-    ceil_mode: round the division up instead of down.
+    ceil_mode: also count the partial window described above.
 
   Returns:
     The number of windows; ``<= 0`` means no window fits.
   """
   span = size + pad_lo + pad_hi - window
-  if not ceil_mode:
-    return span // stride + 1
-  count = -(-span // stride) + 1
-  if (count - 1) * stride >= size + pad_lo:
-    count -= 1
+  count = span // stride + 1
+  if ceil_mode and span % stride and count * stride < size + pad_lo:
+    count += 1
   return count
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv import _geometry
+from jaxconv import _algorithms, _geometry
 
 __all__ = [
     "ConvGeometry",
@@ -71,6 +71,8 @@ class ConvGeometry(NamedTuple):
     batch_group_count: ``B``, the number of batch groups.
     precision: canonicalised ``lax`` precision.
     preferred_element_type: accumulation/result dtype, or ``None``.
+    algorithm: ``"auto"`` or the algorithm forced for every convolution of
+      the rule (see ``jaxconv.use_algorithm``).
   """
 
   window_strides: tuple[int, ...]
@@ -82,6 +84,7 @@ class ConvGeometry(NamedTuple):
   batch_group_count: int
   precision: Any
   preferred_element_type: Any
+  algorithm: str = "auto"
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +183,7 @@ def input_gradient_geometry(geometry: ConvGeometry, lhs_shape: Sequence[int],
       batch_group_count=1,
       precision=geometry.precision,
       preferred_element_type=geometry.preferred_element_type,
+      algorithm=geometry.algorithm,
   )
 
 
@@ -221,6 +225,7 @@ def kernel_gradient_geometry(geometry: ConvGeometry, lhs_shape: Sequence[int],
       batch_group_count=geometry.feature_group_count,
       precision=geometry.precision,
       preferred_element_type=geometry.preferred_element_type,
+      algorithm=geometry.algorithm,
   )
 
 
@@ -274,31 +279,22 @@ def _fold_groups_into_batch(x, lhs_spec, groups: int):
 # ---------------------------------------------------------------------------
 
 
-def _lax_conv(lhs, rhs, geometry: ConvGeometry):
-  """XLA's convolution with a normalised geometry: the hot path."""
-  return lax.conv_general_dilated(
-      lhs, rhs,
-      window_strides=geometry.window_strides,
-      padding=geometry.padding,
-      lhs_dilation=geometry.lhs_dilation,
-      rhs_dilation=geometry.rhs_dilation,
-      dimension_numbers=geometry.dimension_numbers,
-      feature_group_count=geometry.feature_group_count,
-      batch_group_count=geometry.batch_group_count,
-      precision=geometry.precision,
-      preferred_element_type=geometry.preferred_element_type,
-  )
+def _evaluate(lhs, rhs, geometry: ConvGeometry):
+  """Computes eq. (5) with the algorithm chosen for this shape (the hot path:
+  XLA's convolution or a direct contraction, see ``_algorithms``)."""
+  out_shape = conv_output_shape(geometry, lhs.shape, rhs.shape)
+  return _algorithms.evaluate(lhs, rhs, geometry, out_shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(lhs, rhs, geometry: ConvGeometry):
-  return _lax_conv(lhs, rhs, geometry)
+  return _evaluate(lhs, rhs, geometry)
 
 
 def _conv_fwd(lhs, rhs, geometry: ConvGeometry):
   # The input gradient needs only the kernel, the kernel gradient only the
   # input: these two are the whole residual.
-  return _lax_conv(lhs, rhs, geometry), (lhs, rhs)
+  return _evaluate(lhs, rhs, geometry), (lhs, rhs)
 
 
 def _conv_bwd(geometry: ConvGeometry, residuals, cotangent):
@@ -479,6 +475,7 @@ def make_conv_geometry(
     preferred_element_type=None,
     *,
     names: dict[str, str] | None = None,
+    algorithm: str | None = None,
 ) -> ConvGeometry:
   """Validates convolution arguments and normalises them into a geometry.
 
@@ -502,6 +499,8 @@ def make_conv_geometry(
     preferred_element_type: accumulation/result dtype or ``None``.
     names: how the caller calls these arguments, for error messages (e.g.
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
+    algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
+      default), ``"auto"``, ``"xla"``, ``"shifted"`` or ``"window_dot"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -578,7 +577,8 @@ def make_conv_geometry(
     preferred_element_type = preferred
   precision = _canonical_precision(precision)
   geometry = ConvGeometry(strides, pads, lhs_dil, rhs_dil, dnums, groups,
-                          batch_groups, precision, preferred_element_type)
+                          batch_groups, precision, preferred_element_type,
+                          _algorithms.check_algorithm(algorithm))
   out_shape = conv_output_shape(geometry, lhs_shape, rhs_shape)
   out_spatial = _spatial(out_shape, dnums.out_spec)
   if any(m < 1 for m in out_spatial):
@@ -607,6 +607,8 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    algorithm: str | None = None,
 ) -> jax.Array:
   r"""General N-D convolution with hand-derived gradients.
 
@@ -638,6 +640,10 @@ def conv_general_dilated(
       producing its own block of output features.
     precision: as in ``lax``.
     preferred_element_type: accumulation and result dtype, or ``None``.
+    algorithm: how each convolution of the rule is evaluated: ``None`` (the
+      ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
+      ``"xla"``, ``"shifted"`` or ``"window_dot"`` (see
+      ``docs/performance.md``). The results are the same up to rounding.
 
   Returns:
     The convolution, in the layout of ``dimension_numbers``' output spec.
@@ -647,7 +653,7 @@ def conv_general_dilated(
   geometry = make_conv_geometry(
       lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-      precision, preferred_element_type)
+      precision, preferred_element_type, algorithm=algorithm)
   return _conv(lhs, rhs, geometry)
 
 
@@ -664,6 +670,8 @@ def conv_input_grad(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    algorithm: str | None = None,
 ) -> jax.Array:
   r"""Gradient of ``conv_general_dilated`` with respect to its input.
 
@@ -683,8 +691,9 @@ def conv_input_grad(
     rhs: the forward kernel.
     lhs_shape: the forward input's shape.
     window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type:
-      the forward convolution's arguments, as in ``conv_general_dilated``.
+    feature_group_count, batch_group_count, precision, preferred_element_type,
+    algorithm: the forward convolution's arguments, as in
+      ``conv_general_dilated``.
 
   Returns:
     ``dE/dx`` with shape ``lhs_shape`` and ``rhs``'s dtype.
@@ -695,7 +704,7 @@ def conv_input_grad(
   geometry = make_conv_geometry(
       lhs_shape, rhs.shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-      precision, preferred_element_type)
+      precision, preferred_element_type, algorithm=algorithm)
   _check_cotangent(cotangent, geometry, lhs_shape, rhs.shape)
   return _input_gradient(cotangent, rhs, lhs_shape, rhs_dtype, geometry)
 
@@ -713,6 +722,8 @@ def conv_kernel_grad(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    algorithm: str | None = None,
 ) -> jax.Array:
   r"""Gradient of ``conv_general_dilated`` with respect to its kernel.
 
@@ -731,8 +742,9 @@ def conv_kernel_grad(
     cotangent: ``dE/dy``, shaped like the forward output.
     rhs_shape: the forward kernel's shape.
     window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type:
-      the forward convolution's arguments, as in ``conv_general_dilated``.
+    feature_group_count, batch_group_count, precision, preferred_element_type,
+    algorithm: the forward convolution's arguments, as in
+      ``conv_general_dilated``.
 
   Returns:
     ``dE/dw`` with shape ``rhs_shape`` and ``lhs``'s dtype.
@@ -743,7 +755,7 @@ def conv_kernel_grad(
   geometry = make_conv_geometry(
       lhs.shape, rhs_shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-      precision, preferred_element_type)
+      precision, preferred_element_type, algorithm=algorithm)
   _check_cotangent(cotangent, geometry, lhs.shape, rhs_shape)
   return _kernel_gradient(lhs, cotangent, rhs_shape, lhs_dtype, geometry)
 
@@ -794,6 +806,7 @@ def conv(
     padding="VALID",
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
+    algorithm: str | None = None,
 ) -> jax.Array:
   r"""Convolution layer, channels last, with hand-derived gradients.
 
@@ -815,6 +828,7 @@ def conv(
       every dimension), one int per dimension, or ``(lo, hi)`` pairs.
     dilation: kernel dilation, an int or one per spatial dimension.
     groups: feature groups (``groups = C_in`` gives a depthwise convolution).
+    algorithm: as in ``conv_general_dilated``.
 
   Returns:
     ``(batch..., *out_spatial, C_out)`` in ``x``'s dtype.
@@ -835,7 +849,8 @@ def conv(
     padding = _layer_padding(padding, n)
   geometry = make_conv_geometry(
       lhs.shape, w.shape, stride, padding, None, dilation,
-      _channels_last_numbers(n), groups, names=_LAYER_NAMES)
+      _channels_last_numbers(n), groups, names=_LAYER_NAMES,
+      algorithm=algorithm)
   y = _conv(lhs, w, geometry)
   if b is not None:
     _geometry.check_floating(b, "b")
@@ -899,6 +914,8 @@ def conv_transpose(
     precision=None,
     preferred_element_type=None,
     use_consistent_padding: bool = False,
+    *,
+    algorithm: str | None = None,
 ) -> jax.Array:
   r"""Transposed convolution with hand-derived gradients.
 
@@ -930,6 +947,7 @@ def conv_transpose(
     precision: as in ``lax``.
     preferred_element_type: accumulation and result dtype, or ``None``.
     use_consistent_padding: interpret explicit pairs as the forward padding.
+    algorithm: as in ``conv_general_dilated``.
 
   Returns:
     The transposed convolution, in the output layout.
@@ -965,5 +983,5 @@ def conv_transpose(
     rhs = jnp.swapaxes(rhs, dnums.rhs_spec[0], dnums.rhs_spec[1])
   geometry = make_conv_geometry(
       lhs.shape, rhs.shape, 1, pads, strides, dilation, dnums, 1, 1,
-      precision, preferred_element_type)
+      precision, preferred_element_type, algorithm=algorithm)
   return _conv(lhs, rhs, geometry)

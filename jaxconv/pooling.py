@@ -339,6 +339,7 @@ def _extremum_pool_bwd(geometry, select, offsets, cotangents):
 _extremum_pool.defvjp(_extremum_pool_fwd, _extremum_pool_bwd)
 
 
+@functools.partial(jax.jit, static_argnames=("geometry", "select"))
 def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
   """Window maxima (or minima) and their first winners: eqs. (33)-(35), (37).
 
@@ -376,6 +377,7 @@ def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
   return best, offsets
 
 
+@functools.partial(jax.jit, static_argnames=("geometry",))
 def route_to_winners(cotangent, offsets, geometry: PoolGeometry):
   """Eq. (36): each window's cotangent goes to its winner; overlaps add up.
 
@@ -400,6 +402,7 @@ def route_to_winners(cotangent, offsets, geometry: PoolGeometry):
   return dx.astype(cotangent.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("geometry",))
 def winner_indices(offsets, geometry: PoolGeometry):
   """Eq. (47): flat row-major spatial index of each winner in the input.
 
@@ -564,6 +567,7 @@ def _max_unpool_bwd(spatial_shape, indices, cotangent):
 _max_unpool.defvjp(_max_unpool_fwd, _max_unpool_bwd)
 
 
+@functools.partial(jax.jit, static_argnames=("spatial_shape",))
 def scatter_to_unpooled(x, indices, spatial_shape):
   """Eq. (48), forward: canonical values scattered to flat spatial indices."""
   batch, features = x.shape[0], x.shape[-1]
@@ -577,6 +581,7 @@ def scatter_to_unpooled(x, indices, spatial_shape):
   return out.reshape((batch,) + tuple(spatial_shape) + (features,))
 
 
+@jax.jit
 def gather_from_unpooled(cotangent, indices):
   """Eq. (48), backward: ``dx[b, o, c] = g[b, indices[b, o, c], c]``.
 
@@ -668,9 +673,8 @@ def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
   _, ct, geometry, batch_shape = _prepare_with_cotangent(
       x, cotangent, window_shape, strides, padding, 1, ceil_mode,
       read_values=False)
-  divisors = average_divisors(geometry, count_include_pad, divisor_override)
-  return windows.from_canonical(spread_over_window(ct, geometry, divisors),
-                                batch_shape)
+  dx = spread_over_window(ct, geometry, count_include_pad, divisor_override)
+  return windows.from_canonical(dx, batch_shape)
 
 
 # ----------------------------------------------------------------------------
@@ -695,8 +699,7 @@ def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _avg_pool(x, geometry: PoolGeometry, count_include_pad: bool,
               divisor_override):
-  divisors = average_divisors(geometry, count_include_pad, divisor_override)
-  return window_average(x, geometry, divisors)
+  return window_average(x, geometry, count_include_pad, divisor_override)
 
 
 def _avg_pool_fwd(x, geometry, count_include_pad, divisor_override):
@@ -706,8 +709,8 @@ def _avg_pool_fwd(x, geometry, count_include_pad, divisor_override):
 def _avg_pool_bwd(geometry, count_include_pad, divisor_override, residuals,
                   cotangent):
   del residuals  # Nothing is kept.
-  divisors = average_divisors(geometry, count_include_pad, divisor_override)
-  return (spread_over_window(cotangent, geometry, divisors),)
+  return (spread_over_window(cotangent, geometry, count_include_pad,
+                             divisor_override),)
 
 
 _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
@@ -729,19 +732,25 @@ def average_divisors(geometry: PoolGeometry, count_include_pad: bool,
   return table
 
 
-def _as_window_table(divisors, dtype):
+def _divisors_like(geometry, count_include_pad, divisor_override, dtype):
+  """:func:`average_divisors` shaped to broadcast against ``(B, *out, C)``."""
+  divisors = average_divisors(geometry, count_include_pad, divisor_override)
   if np.ndim(divisors) == 0:
     return jnp.asarray(divisors, dtype)
   return jnp.asarray(divisors.reshape((1,) + divisors.shape + (1,)), dtype)
 
 
-def window_average(x, geometry: PoolGeometry, divisors):
+@functools.partial(jax.jit, static_argnames=("geometry", "count_include_pad",
+                                             "divisor_override"))
+def window_average(x, geometry: PoolGeometry, count_include_pad: bool,
+                   divisor_override):
   """Eq. (38): the sum of each window's real taps divided by ``D[o]``.
 
   Args:
     x: canonical input ``(batch, *in_sizes, features)``.
     geometry: the pooling geometry.
-    divisors: from :func:`average_divisors`.
+    count_include_pad: whether taps in the declared padding count in ``D``.
+    divisor_override: ``None`` or the nonzero int that replaces ``D``.
 
   Returns:
     ``(batch, *out_sizes, features)`` in ``x``'s dtype.
@@ -752,22 +761,30 @@ def window_average(x, geometry: PoolGeometry, divisors):
   for offset in geometry.offsets:
     value = windows.window_view(padded, geometry, offset)
     total = value if total is None else total + value
-  return (total / _as_window_table(divisors, dtype)).astype(x.dtype)
+  divisors = _divisors_like(geometry, count_include_pad, divisor_override,
+                            dtype)
+  return (total / divisors).astype(x.dtype)
 
 
-def spread_over_window(cotangent, geometry: PoolGeometry, divisors):
+@functools.partial(jax.jit, static_argnames=("geometry", "count_include_pad",
+                                             "divisor_override"))
+def spread_over_window(cotangent, geometry: PoolGeometry,
+                       count_include_pad: bool, divisor_override):
   """Eq. (40): every real tap of window o receives ``g[o] / D[o]``.
 
   Args:
     cotangent: canonical ``(batch, *out_sizes, features)``.
     geometry: the pooling geometry.
-    divisors: from :func:`average_divisors`.
+    count_include_pad: whether taps in the declared padding count in ``D``.
+    divisor_override: ``None`` or the nonzero int that replaces ``D``.
 
   Returns:
     ``(batch, *in_sizes, features)`` in the cotangent's dtype.
   """
   dtype = windows.accumulation_dtype(cotangent.dtype)
-  share = cotangent.astype(dtype) / _as_window_table(divisors, dtype)
+  divisors = _divisors_like(geometry, count_include_pad, divisor_override,
+                            dtype)
+  share = cotangent.astype(dtype) / divisors
   dx = windows.scatter_to_input(lambda flat, offset: share, geometry,
                                 share.shape[0], share.shape[-1], dtype)
   return dx.astype(cotangent.dtype)
@@ -901,6 +918,7 @@ def _lp_pool_bwd(geometry, p, residuals, cotangent):
 _lp_pool.defvjp(_lp_pool_fwd, _lp_pool_bwd)
 
 
+@functools.partial(jax.jit, static_argnames=("geometry", "p"))
 def lp_norm(x, geometry: PoolGeometry, p: float):
   """Eq. (41): the p-norm of every window's real taps (finite ``p``).
 
@@ -928,6 +946,7 @@ def lp_norm(x, geometry: PoolGeometry, p: float):
   return y.astype(x.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("geometry", "p"))
 def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
   """Eqs. (42), (43): ``g sign(x) (|x| / y)^(p-1)`` summed over windows.
 
@@ -995,6 +1014,7 @@ def _max_abs_pool_bwd(geometry, residuals, cotangents):
 _max_abs_pool.defvjp(_max_abs_pool_fwd, _max_abs_pool_bwd)
 
 
+@functools.partial(jax.jit, static_argnames=("geometry",))
 def max_abs_and_offsets(x, geometry: PoolGeometry):
   """Eq. (44): ``max |x|`` per window, its first winner and the winner's sign.
 

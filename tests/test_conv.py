@@ -314,3 +314,62 @@ def test_scaled_error_is_not_vacuous():
   cotangent = jnp.ones((2, 4, 5))
   _, rhs_grad = pullback(cotangent)
   assert scaled_error(rhs_grad * 1.001, rhs_grad) > TOLERANCE[np.dtype("float32")]
+
+
+# Every algorithm against the same oracles (the default sweep above runs
+# "auto"; here each one is forced for every convolution it supports).
+@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot"])
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(case=conv_cases())
+def test_each_algorithm_matches_lax(algorithm, case):
+  with jaxconv.use_algorithm(algorithm):
+    compare_with_lax(case, jnp.float64)
+
+
+@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot"])
+@pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
+def test_each_algorithm_fixed_cases(algorithm, case):
+  with jaxconv.use_algorithm(algorithm):
+    compare_with_lax(case, jnp.float32)
+
+
+@pytest.mark.parametrize("algorithm", ["shifted", "window_dot"])
+@pytest.mark.parametrize("case", FIXED[:2], ids=FIXED_IDS[:2])
+def test_each_algorithm_check_grads(algorithm, case):
+  lhs, rhs = case.arrays(jnp.float64)
+  with jaxconv.use_algorithm(algorithm):
+    f = jax.jit(_jaxconv_conv(case))  # traced here, inside the block
+    jax.test_util.check_grads(f, (lhs, rhs), order=2, modes=("rev",))
+
+
+@pytest.mark.parametrize("algorithm", ["shifted", "window_dot"])
+def test_forced_algorithm_is_used(algorithm):
+  """A forced direct algorithm replaces XLA's convolution in the forward."""
+  case = Case((2, 3, 6, 5), (4, 3, 2, 2), dict(window_strides=(1, 1),
+                                               padding="VALID"))
+  lhs, rhs = case.arrays(jnp.float32)
+  f = functools.partial(jaxconv.conv_general_dilated, algorithm=algorithm,
+                        **case.kwargs)
+  jaxpr = str(jax.make_jaxpr(f)(lhs, rhs))
+  assert "conv_general_dilated" not in jaxpr
+  assert "dot_general" in jaxpr or "mul" in jaxpr
+  default = functools.partial(jaxconv.conv_general_dilated, algorithm="xla",
+                              **case.kwargs)
+  assert "conv_general_dilated" in str(jax.make_jaxpr(default)(lhs, rhs))
+
+
+def test_default_choice_is_a_pure_function_of_geometry():
+  def choice(lhs_shape, rhs_shape, backend, **kw):
+    geometry = jaxconv.make_conv_geometry(
+        lhs_shape, rhs_shape, 1, "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    return jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
+                                    backend)
+  assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu") == "shifted"
+  assert choice((8, 28, 28, 128), (3, 3, 1, 128), "cpu",
+                feature_group_count=128) == "shifted"
+  assert choice((8, 56, 56, 64), (3, 3, 64, 64), "cpu") == "xla"
+  assert choice((8, 56, 56, 256), (1, 1, 256, 64), "gpu") == "xla"
+  assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu",
+                algorithm="xla") == "xla"

@@ -1,0 +1,339 @@
+"""Benchmark: jaxconv's convolutions against jax.grad of lax (and PyTorch).
+
+For each layer of the suite and each batch size, in one run and interleaved:
+compile time, forward time and forward+backward time (median of --repeats
+timed calls after a warm-up, each ended by ``block_until_ready``) of
+
+* jaxconv (the default algorithm choice; the chosen algorithms are listed),
+* ``jax.grad`` of ``lax.conv_general_dilated`` / ``lax.conv_transpose``,
+* PyTorch on the CPU, when ``torch`` is importable,
+
+plus GFLOP/s of the forward+backward and the temporary memory XLA reports for
+the compiled forward+backward. Ratios are jaxconv / lax (below 1: jaxconv is
+faster). Writes a Markdown table (``--markdown``), a JSON file (``--json``) and
+a bar chart of the ratios (``--plot``).
+
+    python experiments/benchmark.py                  # the whole suite
+    python experiments/benchmark.py --quick          # a few small layers
+    python experiments/benchmark.py --only depthwise --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jaxconv
+from jaxconv import _algorithms
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  name: str
+  spatial: tuple[int, ...]
+  window: tuple[int, ...]
+  c_in: int
+  c_out: int
+  stride: int = 1
+  padding: str = "SAME"
+  dilation: int = 1
+  groups: int = 1
+  transpose: bool = False
+
+  def shapes(self, batch):
+    x = (batch,) + self.spatial + (self.c_in,)
+    if self.transpose:
+      w = self.window + (self.c_in, self.c_out)
+    else:
+      w = self.window + (self.c_in // self.groups, self.c_out)
+    return x, w
+
+  def layout(self):
+    letters = "DHW"[-len(self.spatial):]
+    return "N" + letters + "C", letters + "IO", "N" + letters + "C"
+
+
+SUITE = [
+    Layer("1x1 conv 256->64 @56", (56, 56), (1, 1), 256, 64),
+    Layer("3x3 conv 64->64 @56", (56, 56), (3, 3), 64, 64),
+    Layer("3x3 s2 conv 64->128 @56", (56, 56), (3, 3), 64, 128, stride=2),
+    Layer("depthwise 3x3 128 @28", (28, 28), (3, 3), 128, 128, groups=128),
+    Layer("3x3 d2 conv 64->64 @28", (28, 28), (3, 3), 64, 64, dilation=2),
+    Layer("7x7 s2 stem 3->64 @224", (224, 224), (7, 7), 3, 64, stride=2),
+    Layer("grouped 3x3 g4 128->128 @28", (28, 28), (3, 3), 128, 128,
+          groups=4),
+    Layer("1-D conv k5 64->64 @256", (256,), (5,), 64, 64),
+    Layer("3-D conv 3x3x3 16->32 @16", (16, 16, 16), (3, 3, 3), 16, 32),
+    Layer("transposed 4x4 s2 64->32 @28", (28, 28), (4, 4), 64, 32,
+          stride=2, transpose=True),
+]
+QUICK = [
+    Layer("1x1 conv 64->32 @16", (16, 16), (1, 1), 64, 32),
+    Layer("depthwise 3x3 32 @16", (16, 16), (3, 3), 32, 32, groups=32),
+    Layer("3x3 conv 16->16 @16", (16, 16), (3, 3), 16, 16),
+]
+
+
+def functions(layer: Layer):
+  """(jaxconv forward, lax forward) for one layer."""
+  n = len(layer.spatial)
+  layout = layer.layout()
+  if layer.transpose:
+    ours = lambda x, w: jaxconv.conv_transpose(
+        x, w, (layer.stride,) * n, layer.padding, dimension_numbers=layout)
+    theirs = lambda x, w: lax.conv_transpose(
+        x, w, (layer.stride,) * n, layer.padding, dimension_numbers=layout)
+  else:
+    ours = lambda x, w: jaxconv.conv(
+        x, w, stride=layer.stride, padding=layer.padding,
+        dilation=layer.dilation, groups=layer.groups)
+    theirs = lambda x, w: lax.conv_general_dilated(
+        x, w, (layer.stride,) * n, layer.padding,
+        rhs_dilation=(layer.dilation,) * n, dimension_numbers=layout,
+        feature_group_count=layer.groups)
+  return ours, theirs
+
+
+def chosen_algorithms(layer: Layer, batch: int) -> str:
+  """The algorithms the default policy picks: forward / input grad / kernel grad."""
+  x_shape, w_shape = layer.shapes(batch)
+  x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+  w = jax.ShapeDtypeStruct(w_shape, jnp.float32)
+  ours, _ = functions(layer)
+  picked = []
+  real = _algorithms.choose_algorithm
+
+  def spy(geometry, lhs_shape, rhs_shape, out_shape, backend=None):
+    name = real(geometry, lhs_shape, rhs_shape, out_shape, backend)
+    picked.append(name)
+    return name
+
+  _algorithms.choose_algorithm = spy
+  try:
+    jax.eval_shape(jax.grad(lambda x, w: jnp.sum(ours(x, w)), (0, 1)), x, w)
+  finally:
+    _algorithms.choose_algorithm = real
+  return "/".join(picked)
+
+
+def flops(layer: Layer, batch: int, out_shape) -> float:
+  """Multiply-adds x 2 of the forward; the backward is twice that."""
+  x_shape, w_shape = layer.shapes(batch)
+  if layer.transpose:
+    per_input = math.prod(layer.window) * layer.c_out
+    return 2.0 * math.prod(x_shape[:-1]) * layer.c_in * per_input
+  per_output = math.prod(layer.window) * (layer.c_in // layer.groups)
+  return 2.0 * math.prod(out_shape) * per_output
+
+
+def torch_functions(layer: Layer, batch: int):
+  try:
+    import torch
+  except ImportError:
+    return None
+  n = len(layer.spatial)
+  x_shape, w_shape = layer.shapes(batch)
+  x = torch.randn((batch, layer.c_in) + layer.spatial, requires_grad=True)
+  conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d,
+          3: torch.nn.functional.conv3d}[n]
+  conv_t = {1: torch.nn.functional.conv_transpose1d,
+            2: torch.nn.functional.conv_transpose2d,
+            3: torch.nn.functional.conv_transpose3d}[n]
+  if layer.transpose:
+    w = torch.randn((layer.c_in, layer.c_out) + layer.window,
+                    requires_grad=True)
+    pad = (max(layer.window[0] - layer.stride, 0) + 1) // 2
+    forward = lambda: conv_t(x, w, stride=layer.stride, padding=pad)
+  else:
+    w = torch.randn((layer.c_out, layer.c_in // layer.groups) + layer.window,
+                    requires_grad=True)
+    forward = lambda: conv(x, w, stride=layer.stride, padding=(
+        "same" if layer.stride == 1 else tuple(
+            (layer.dilation * (k - 1)) // 2 for k in layer.window)),
+        dilation=layer.dilation, groups=layer.groups)
+
+  def forward_only():
+    with torch.no_grad():
+      forward()
+
+  def forward_backward():
+    y = forward()
+    y.backward(torch.ones_like(y))
+    x.grad = None
+    w.grad = None
+
+  return forward_only, forward_backward
+
+
+def timed(function, *args) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(function(*args))
+  return time.perf_counter() - start
+
+
+def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
+  x_shape, w_shape = layer.shapes(batch)
+  key_x, key_w = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_x, x_shape, jnp.float32)
+  w = jax.random.normal(key_w, w_shape, jnp.float32) * 0.1
+  ours, theirs = functions(layer)
+  out_shape = jax.eval_shape(theirs, x, w).shape
+  cotangent = jnp.ones(out_shape, jnp.float32)
+  row = dict(layer=layer.name, batch=batch,
+             algorithms=chosen_algorithms(layer, batch))
+  sides = {}
+  for side, f in (("jaxconv", ours), ("lax", theirs)):
+    fwd = jax.jit(f)
+    step = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cotangent),
+                            (0, 1)))
+    start = time.perf_counter()
+    compiled = step.lower(x, w).compile()
+    row[f"{side}_compile_s"] = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    row[f"{side}_temp_mb"] = (getattr(memory, "temp_size_in_bytes", 0)
+                              / 2**20 if memory is not None else None)
+    timed(fwd, x, w)
+    timed(step, x, w)
+    sides[side] = (fwd, step)
+  torch_fns = torch_functions(layer, batch) if use_torch else None
+  if torch_fns:
+    for f in torch_fns:
+      f()
+  times = {k: [] for k in ("jaxconv_fwd", "lax_fwd", "jaxconv_fwdbwd",
+                           "lax_fwdbwd", "torch_fwd", "torch_fwdbwd")}
+  for _ in range(repeats):                       # interleaved
+    for side in ("jaxconv", "lax"):
+      fwd, step = sides[side]
+      times[f"{side}_fwd"].append(timed(fwd, x, w))
+      times[f"{side}_fwdbwd"].append(timed(step, x, w))
+    if torch_fns:
+      for label, f in zip(("torch_fwd", "torch_fwdbwd"), torch_fns):
+        start = time.perf_counter()
+        f()
+        times[label].append(time.perf_counter() - start)
+  for label, values in times.items():
+    row[f"{label}_ms"] = float(np.median(values)) * 1e3 if values else None
+  work = 3 * flops(layer, batch, out_shape)
+  row["jaxconv_gflops"] = work / (row["jaxconv_fwdbwd_ms"] * 1e-3) / 1e9
+  row["lax_gflops"] = work / (row["lax_fwdbwd_ms"] * 1e-3) / 1e9
+  row["ratio_fwd"] = row["jaxconv_fwd_ms"] / row["lax_fwd_ms"]
+  row["ratio_fwdbwd"] = row["jaxconv_fwdbwd_ms"] / row["lax_fwdbwd_ms"]
+  if row["torch_fwdbwd_ms"]:
+    row["ratio_torch_fwdbwd"] = row["jaxconv_fwdbwd_ms"] / row["torch_fwdbwd_ms"]
+  return row
+
+
+def matmul_gflops(repeats: int) -> float:
+  """The machine's float32 matmul rate: the ceiling a convolution can approach."""
+  a = jax.random.normal(jax.random.key(1), (2048, 2048), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  timed(f, a)
+  best = np.median([timed(f, a) for _ in range(repeats)])
+  return 2 * 2048 ** 3 / best / 1e9
+
+
+def markdown(rows, matmul_rate, args) -> str:
+  head = ("| layer | batch | algorithms (fwd/dx/dw) | jaxconv fwd ms | lax fwd ms "
+          "| jaxconv fwd+bwd ms | lax fwd+bwd ms | torch fwd+bwd ms "
+          "| ratio fwd | ratio fwd+bwd | vs torch | jaxconv GFLOP/s "
+          "| compile s (jaxconv/lax) | temp MB (jaxconv/lax) |")
+  lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+  for r in rows:
+    torch_ms = f"{r['torch_fwdbwd_ms']:.1f}" if r["torch_fwdbwd_ms"] else "-"
+    vs_torch = (f"{r['ratio_torch_fwdbwd']:.2f}"
+                if r.get("ratio_torch_fwdbwd") else "-")
+    lines.append(
+        f"| {r['layer']} | {r['batch']} | {r['algorithms']} "
+        f"| {r['jaxconv_fwd_ms']:.1f} | {r['lax_fwd_ms']:.1f} "
+        f"| {r['jaxconv_fwdbwd_ms']:.1f} | {r['lax_fwdbwd_ms']:.1f} "
+        f"| {torch_ms} | {r['ratio_fwd']:.2f} | {r['ratio_fwdbwd']:.2f} "
+        f"| {vs_torch} | {r['jaxconv_gflops']:.1f} "
+        f"| {r['jaxconv_compile_s']:.2f}/{r['lax_compile_s']:.2f} "
+        f"| {r['jaxconv_temp_mb']:.1f}/{r['lax_temp_mb']:.1f} |")
+  ratios = {}
+  for r in rows:
+    ratios.setdefault(r["batch"], []).append(r["ratio_fwdbwd"])
+  summary = [f"- batch {b}: geometric mean of fwd+bwd ratios (jaxconv / lax) "
+             f"{math.exp(np.mean(np.log(v))):.2f} over {len(v)} layers"
+             for b, v in sorted(ratios.items())]
+  info = (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}"
+          f" ({jax.device_count()} {jax.default_backend()} device(s)), "
+          f"jax {jax.__version__}, float32, median of {args.repeats} "
+          f"interleaved runs. Matmul rate (2048² float32): "
+          f"{matmul_rate:.0f} GFLOP/s.")
+  return "\n".join([info, "", *lines, "", *summary])
+
+
+def plot(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  labels = [f"{r['layer']} (b{r['batch']})" for r in rows]
+  ratios = [1.0 / r["ratio_fwdbwd"] for r in rows]
+  fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+  ax.barh(labels, ratios, color=["tab:green" if v >= 1 else "tab:red"
+                                 for v in ratios])
+  ax.axvline(1.0, color="black", linewidth=0.8)
+  ax.set_xscale("log")
+  ax.set_xlabel("speed-up of jaxconv over jax.grad of lax (forward+backward)")
+  ax.invert_yaxis()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, action="append",
+                      help="batch sizes (default 8 and 32)")
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--only", default=None,
+                      help="run the layers whose name contains this text")
+  parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--markdown", default=None)
+  parser.add_argument("--json", default=None)
+  parser.add_argument("--plot", default=None)
+  args = parser.parse_args(argv)
+  layers = QUICK if args.quick else SUITE
+  if args.only:
+    layers = [l for l in layers if args.only in l.name]
+  batches = args.batch or ([2] if args.quick else [8, 32])
+  rows = []
+  for batch in batches:
+    for layer in layers:
+      row = measure(layer, batch, args.repeats, not args.no_torch)
+      rows.append(row)
+      torch_ms = (f"{row['torch_fwdbwd_ms']:8.1f}" if row["torch_fwdbwd_ms"]
+                  else "       -")
+      print(f"{layer.name:<32} b{batch:<3} {row['algorithms']:<24} "
+            f"fwd+bwd jaxconv {row['jaxconv_fwdbwd_ms']:8.1f} ms  lax "
+            f"{row['lax_fwdbwd_ms']:8.1f} ms  torch {torch_ms} ms  "
+            f"ratio {row['ratio_fwdbwd']:.2f}", flush=True)
+  rate = matmul_gflops(args.repeats)
+  table = markdown(rows, rate, args)
+  print()
+  print(table)
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(table + "\n")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(dict(rows=rows, matmul_gflops=rate), f, indent=1)
+  if args.plot:
+    plot(rows, args.plot)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

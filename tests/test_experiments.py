@@ -1,0 +1,97 @@
+"""The experiment scripts: --quick runs end to end, --compare agrees to float32
+round-off, and data-parallel training equals single-device training."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def run(arguments, tmp_path, env=None, code=None):
+  command = [sys.executable]
+  command += ["-c", code] if code else [str(EXPERIMENTS / arguments[0])]
+  command += arguments[1:] if not code else []
+  result = subprocess.run(
+      command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
+def test_mnist1d_quick_run(tmp_path):
+  out = run(["train_mnist1d.py", "--quick", "--no-progress", "--out",
+             str(tmp_path)], tmp_path)
+  last = out.strip().splitlines()[-1]
+  match = re.fullmatch(r"test accuracy: (0\.\d{3}|1\.000)", last)
+  assert match, last
+  assert float(match.group(1)) > 0.3  # chance is 0.1; about 0.45 measured
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["train_examples"] == 4000 and results["test_examples"] == 1000
+  assert results["grads"] == ["custom"]
+
+
+def test_digits_quick_compare_run(tmp_path):
+  out = run(["train_digits.py", "--quick", "--compare", "--no-progress",
+             "--out", str(tmp_path)], tmp_path)
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["test_accuracy"] > 0.7, out  # about 0.89 measured
+  compare = results["compare"]
+  # At the same parameters the hand-derived and autodiff gradients agree to
+  # float32 round-off, at every step.
+  assert compare["max_grad_difference"] < 1e-4, compare
+  assert compare["max_loss_difference"] < 1e-5, compare
+  metrics = results["history"]["step_metrics"]
+  assert len(metrics["grad_difference"]) == results["steps"] == 84
+  assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert set(np.load(tmp_path / "params.npz").files) == {
+      "conv1/w", "conv1/b", "conv2/w", "conv2/b", "dense1/w", "dense1/b",
+      "dense2/w", "dense2/b"}
+
+
+def test_sharded_training_equals_single_device(tmp_path):
+  # The device count must be fixed before jax starts: a fresh interpreter.
+  code = textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {str(EXPERIMENTS)!r})
+      import jax, numpy as np
+      import train_digits
+      assert len(jax.devices()) == 4, jax.devices()
+      params = {{}}
+      for n in (1, 4):
+        results = train_digits.main(
+            ["--max-steps", "5", "--devices", str(n), "--no-progress",
+             "--out", f"{tmp_path}/devices{{n}}"])
+        params[n] = results["params"]
+      for leaf in jax.tree.leaves(params[4]):
+        assert len(leaf.sharding.device_set) == 4, leaf.sharding
+        assert leaf.sharding.is_fully_replicated, leaf.sharding
+      init = train_digits.models.init_lenet(jax.random.key(0))
+      for one, four, start in zip(*map(jax.tree.leaves,
+                                       (params[1], params[4], init))):
+        one, four, start = map(np.asarray, (one, four, start))
+        scale = np.abs(one).max()
+        assert np.abs(one - start).max() > 1e-3 * scale  # training moved it
+        assert np.abs(one - four).max() <= 1e-5 * scale, (one, four)
+      print("sharded == single device")
+      """)
+  out = run([], tmp_path, code=code, env={
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert "sharded == single device" in out
+
+
+def test_too_many_devices_is_explained():
+  sys.path.insert(0, str(EXPERIMENTS))
+  try:
+    import training
+  finally:
+    sys.path.remove(str(EXPERIMENTS))
+  with pytest.raises(SystemExit, match="xla_force_host_platform_device_count"):
+    training._mesh(64, 64)
