@@ -39,7 +39,8 @@ def load() -> dict:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+      prog="train_digits.py", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   training.add_arguments(parser, epochs=40, batch_size=32,
                          learning_rate=3e-3, weight_decay=1e-4,
                          quick_epochs=2)

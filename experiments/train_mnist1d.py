@@ -51,7 +51,8 @@ def random_shift(max_shift: int):
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+      prog="train_mnist1d.py", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   training.add_arguments(parser, epochs=100, batch_size=100,
                          learning_rate=1e-2, weight_decay=1e-4,
                          quick_epochs=2)

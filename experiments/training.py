@@ -8,10 +8,11 @@ parameters (``params.npz``) and a PNG of the curves. Three switches:
   (every gradient hand-derived) or its lax/jax.nn twin (JAX's autodiff); see
   ``jaxconv.models``.
 * ``--compare``: train both from the same initialisation on the same batches.
-  Each step records, at the custom run's parameters, the loss difference and
-  the largest relative gradient difference between the two gradients (the
-  correctness check: float32 round-off), and also how far the two runs have
-  drifted apart (the same two numbers between the two trajectories).
+  At every step, at the custom run's parameters, it records the relative
+  loss and gradient differences between custom and autodiff, and each one's
+  gradient error against a float64 autodiff gradient: the yardstick of what
+  float32 round-off is at that step. It also records how far the two runs
+  drift apart (their losses and parameters).
 * ``--devices N``: data parallel over the first N devices. The batch is
   sharded along a one-axis mesh ``("batch",)``, the parameters and optimiser
   state are replicated, and XLA inserts the gradient all-reduce. On CPU, set
@@ -21,6 +22,7 @@ parameters (``params.npz``) and a PNG of the curves. Three switches:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -57,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, epochs: int,
   parser.add_argument("--batch-size", type=int, default=batch_size,
                       help=f"minibatch size (default {batch_size})")
   parser.add_argument("--learning-rate", type=float, default=learning_rate,
-                      help=f"peak AdamW learning rate (default {learning_rate})")
+                      help=f"peak AdamW learning rate (default "
+                      f"{learning_rate})")
   parser.add_argument("--weight-decay", type=float, default=weight_decay,
                       help=f"AdamW weight decay (default {weight_decay})")
   parser.add_argument("--max-steps", type=int, default=None,
@@ -65,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, epochs: int,
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the initialisation and the batch order")
   parser.add_argument("--out", type=Path, default=None,
-                      help="output folder (default experiments/results/NAME)")
+                      help="output folder (default experiments/results/"
+                      "NAME-MODE, e.g. mnist1d-custom)")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bar")
   parser.set_defaults(quick_epochs=quick_epochs)
@@ -125,7 +129,7 @@ def _make_steps(apply, optimizer, grads: tuple[str, ...]):
     (params_c, opt_c), (params_a, opt_a) = states
     loss_c, grad_c = value_and_grad("custom", params_c, x, y)
     loss_a, grad_a = value_and_grad("autodiff", params_a, x, y)
-    # The correctness check: both gradients at the same point.
+    # The correctness check: both gradients at the same parameters.
     loss_same, grad_same = value_and_grad("autodiff", params_c, x, y)
     metrics = {
         "loss": loss_c,
@@ -133,7 +137,6 @@ def _make_steps(apply, optimizer, grads: tuple[str, ...]):
         "loss_difference": relative_difference(loss_c, loss_same),
         "grad_difference": relative_difference(grad_c, grad_same),
         "trajectory_loss_difference": relative_difference(loss_c, loss_a),
-        "trajectory_grad_difference": relative_difference(grad_c, grad_a),
         "trajectory_param_difference": relative_difference(params_c,
                                                            params_a),
     }
@@ -143,6 +146,40 @@ def _make_steps(apply, optimizer, grads: tuple[str, ...]):
   return single_step if len(grads) == 1 else compare_step
 
 
+def _make_yardstick(apply):
+  """Float32 gradients' errors against a float64 autodiff gradient.
+
+  Returns a function of ``(params, x, y)`` to be called under
+  ``jax.enable_x64``: the relative error of the custom and of the autodiff
+  float32 gradient, measured like :func:`relative_difference`. What the
+  autodiff gradient misses is float32 round-off; the custom gradient should
+  miss as much and no more.
+  """
+  def gradient(grad, params, x, y):
+    return jax.grad(models.loss, argnums=1)(apply, params, x, y, grad)
+
+  @jax.jit
+  def yardstick(params, x, y):
+    to64 = lambda tree: jax.tree.map(lambda v: v.astype(jnp.float64), tree)
+    exact = gradient("autodiff", to64(params), to64(x), y)
+    return {grad: relative_difference(to64(gradient(grad, params, x, y)),
+                                      exact)
+            for grad in models.GRADS}
+
+  return yardstick
+
+
+def _run_name(name: str, args) -> str:
+  """Default output folder name, e.g. ``mnist1d-custom``,
+  ``digits-compare-4devices``, ``mnist1d-autodiff-quick``."""
+  parts = [name, "compare" if args.compare else args.grad]
+  if args.devices > 1:
+    parts.append(f"{args.devices}devices")
+  if args.quick:
+    parts.append("quick")
+  return "-".join(parts)
+
+
 def _save_params(path: Path, params) -> None:
   flat = {"/".join(str(getattr(k, "key", k)) for k in keys): np.asarray(leaf)
           for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -150,7 +187,7 @@ def _save_params(path: Path, params) -> None:
 
 
 def train(name: str, model: models.Model, data: dict, args,
-          init_kwargs: dict | None = None, augment=None) -> dict:
+          augment=None) -> dict:
   """Trains ``model`` on ``data`` as ``args`` says; writes and returns results.
 
   Args:
@@ -158,7 +195,6 @@ def train(name: str, model: models.Model, data: dict, args,
     model: a :class:`jaxconv.models.Model`.
     data: ``x_train``, ``y_train``, ``x_test``, ``y_test`` as NumPy arrays.
     args: the parsed options of :func:`add_arguments`.
-    init_kwargs: extra keyword arguments of ``model.init``.
     augment: optional ``augment(x_batch, rng) -> x_batch`` applied to each
       training batch on the host, with a NumPy generator seeded by ``--seed``
       (so that compared and sharded runs see the same batches).
@@ -179,9 +215,10 @@ def train(name: str, model: models.Model, data: dict, args,
 
   schedule = optax.cosine_decay_schedule(args.learning_rate, total_steps)
   optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
+
   @jax.jit
   def initialise(key):
-    params = model.init(key, **(init_kwargs or {}))
+    params = model.init(key)
     return params, optimizer.init(params)
 
   # Same initialisation for every run; replicated over the mesh.
@@ -189,13 +226,16 @@ def train(name: str, model: models.Model, data: dict, args,
   states = (state,) * len(grads)
   step = jax.jit(_make_steps(model.apply, optimizer, grads),
                  out_shardings=replicated)
-  accuracy = jax.jit(lambda p, x, y, grad: _accuracy(model.apply, p, x, y, grad),
+  accuracy = jax.jit(functools.partial(_accuracy, model.apply),
                      static_argnums=3)
   x_test = jax.device_put(data["x_test"], replicated)
   y_test = jax.device_put(data["y_test"], replicated)
 
   history = {"step": [], "epoch": [], "test_accuracy": {g: [] for g in grads},
              "step_metrics": {}}
+  if args.compare:
+    yardstick = _make_yardstick(model.apply)
+    history["float64_yardstick"] = {"step": [], **{g: [] for g in grads}}
   order = np.random.default_rng(args.seed)
   # Compile ahead of time, so that the timing below is of training alone.
   start = time.perf_counter()
@@ -225,6 +265,14 @@ def train(name: str, model: models.Model, data: dict, args,
         x = augment(x, order)
       x = jax.device_put(x, batch_sharded)
       y = jax.device_put(data["y_train"][batch], batch_sharded)
+      if args.compare and i == 0:
+        # Once per epoch (float64 is slow on CPU), at the parameters the
+        # step below differentiates.
+        with jax.enable_x64(True):
+          errors = jax.device_get(yardstick(states[0][0], x, y))
+        history["float64_yardstick"]["step"].append(done - steps + 1)
+        for grad in grads:
+          history["float64_yardstick"][grad].append(float(errors[grad]))
       states, metrics = step(states, x, y)
       epoch_metrics.append(metrics)
       bar.update()
@@ -248,7 +296,7 @@ def train(name: str, model: models.Model, data: dict, args,
 
   results = {
       "experiment": name,
-      "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+      "command": args.command,
       "grads": list(grads),
       "epochs": history["epoch"][-1],
       "steps": total_steps,
@@ -272,16 +320,18 @@ def train(name: str, model: models.Model, data: dict, args,
     results["compare"] = {
         "max_loss_difference": max(metrics["loss_difference"]),
         "max_grad_difference": max(metrics["grad_difference"]),
+        "max_float64_error_custom": max(
+            history["float64_yardstick"]["custom"]),
+        "max_float64_error_autodiff": max(
+            history["float64_yardstick"]["autodiff"]),
         "max_trajectory_loss_difference": max(
             metrics["trajectory_loss_difference"]),
-        "max_trajectory_grad_difference": max(
-            metrics["trajectory_grad_difference"]),
         "final_trajectory_param_difference": metrics[
             "trajectory_param_difference"][-1],
         "test_accuracy_autodiff": history["test_accuracy"]["autodiff"][-1],
     }
 
-  out = args.out or Path(__file__).parent / "results" / name
+  out = args.out or Path(__file__).parent / "results" / _run_name(name, args)
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
   _save_params(out / "params.npz", states[0][0])
@@ -331,14 +381,19 @@ def plot(results: dict, path: Path) -> None:
   accuracy_axis.legend()
   if compare:
     axis = axes[2]
-    for key, label in [
-        ("grad_difference", "gradient, same parameters"),
-        ("loss_difference", "loss, same parameters"),
-        ("trajectory_param_difference", "parameters, run vs run")]:
-      values = np.maximum(np.asarray(metrics[key]), 1e-12)
-      axis.plot(history["step"], values, label=label, lw=0.8)
-    axis.set(xlabel="step", ylabel="relative difference",
-             yscale="log", title="custom vs autodiff")
+    axis.plot(history["step"], np.maximum(metrics["grad_difference"], 1e-12),
+              color="C2", lw=0.4, alpha=0.6, label="custom vs autodiff (f32)")
+    yardstick = history["float64_yardstick"]
+    for grad, style in [("autodiff", dict(color="C1", marker="o", ms=4,
+                                          lw=0, mfc="none")),
+                        ("custom", dict(color="C0", marker=".", lw=0))]:
+      axis.plot(yardstick["step"], yardstick[grad],
+                label=f"{grad} (f32) vs float64", **style)
+    axis.plot(history["step"],
+              np.maximum(metrics["trajectory_param_difference"], 1e-12),
+              color="C3", lw=1.0, label="parameters, run vs run")
+    axis.set(xlabel="step", ylabel="relative difference (max over leaves)",
+             yscale="log", title="gradients at the same parameters")
     axis.legend(fontsize="small")
   fig.suptitle(f"{results['experiment']}: {results['command']}",
                fontsize="small")
@@ -355,18 +410,23 @@ def _summarise(results: dict) -> None:
         f"{len(results['devices'])} device(s); results in {results['out']}")
   if "compare" in results:
     c = results["compare"]
-    print(f"custom vs autodiff at the same parameters: max relative loss "
-          f"difference {c['max_loss_difference']:.2e}, max relative gradient "
-          f"difference {c['max_grad_difference']:.2e}")
-    print(f"custom vs autodiff, two runs: max relative loss difference "
-          f"{c['max_trajectory_loss_difference']:.2e}, final relative "
-          f"parameter difference {c['final_trajectory_param_difference']:.2e}"
+    print(f"custom vs autodiff at the same parameters, largest over the "
+          f"steps: relative loss difference {c['max_loss_difference']:.1e}, "
+          f"relative gradient difference {c['max_grad_difference']:.1e}")
+    print(f"gradient error against float64 autodiff, largest over the epochs:"
+          f" custom {c['max_float64_error_custom']:.1e}, autodiff "
+          f"{c['max_float64_error_autodiff']:.1e} (float32 round-off)")
+    print(f"custom vs autodiff as two runs: largest relative loss difference "
+          f"{c['max_trajectory_loss_difference']:.1e}, final relative "
+          f"parameter difference {c['final_trajectory_param_difference']:.1e}"
           f", autodiff test accuracy {c['test_accuracy_autodiff']:.3f}")
 
 
 def parse(parser: argparse.ArgumentParser, argv=None):
   """Parses ``argv`` (default: the command line)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
   if args.devices < 1:
     parser.error("--devices must be positive.")
+  args.command = " ".join(["python", f"experiments/{parser.prog}", *argv])
   return args

@@ -110,9 +110,14 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
   * one input feature per group (depthwise) with a small kernel:
     ``"shifted"`` (a fused elementwise multiply-add; XLA's CPU kernel for
     grouped convolutions is slow);
-  * few output positions and a large window, as in every kernel gradient:
-    ``"window_dot"``;
-  * otherwise, and on every other backend: ``"xla"``.
+  * a single output position (the kernel gradient of a 1x1 kernel):
+    ``"window_dot"``, one matrix product;
+  * few output positions, a large window, and batch groups, feature groups
+    or input dilation, as in the kernel gradient of a grouped, depthwise or
+    transposed convolution: ``"window_dot"`` (XLA's CPU kernel is slowest
+    exactly there);
+  * otherwise, and on every other backend: ``"xla"``. Plain kernel
+    gradients stay with XLA: per-tap products measured slower there.
 
   Args:
     geometry: the normalised ``ConvGeometry`` (its ``algorithm`` field may
@@ -133,17 +138,16 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   taps = math.prod(_spatial(rhs_shape, rhs_spec))
   positions = math.prod(_spatial(out_shape, out_spec))
-  window = taps
   in_per_group = rhs_shape[rhs_spec[1]]
-  if taps == 1 and supports("shifted", geometry, lhs_shape, rhs_shape,
-                            out_shape):
-    return "shifted"
-  if in_per_group == 1 and taps <= 49 and supports(
-      "shifted", geometry, lhs_shape, rhs_shape, out_shape):
-    return "shifted"
-  if positions <= 49 and window >= 4 * positions and supports(
-      "window_dot", geometry, lhs_shape, rhs_shape, out_shape):
-    return "window_dot"
+  grouped = geometry.feature_group_count > 1 or geometry.batch_group_count > 1
+  dilated_input = any(a > 1 for a in geometry.lhs_dilation)
+  if taps == 1 or (in_per_group == 1 and taps <= 49):
+    if supports("shifted", geometry, lhs_shape, rhs_shape, out_shape):
+      return "shifted"
+  if positions == 1 or (positions <= 49 and taps >= 4 * positions
+                        and (grouped or dilated_input)):
+    if supports("window_dot", geometry, lhs_shape, rhs_shape, out_shape):
+      return "window_dot"
   return "xla"
 
 

@@ -1,11 +1,11 @@
 """Pooling geometry and the two data movements every pooling rule is made of.
 
-A pooling layer reads, for every output position ``o`` and every window offset
-``k``, the input element at the tap position (eq. (32) of the derivation)
+A pooling layer reads, for every window (output position) ``i`` and every tap
+(window offset) ``k``, the input element at (eq. (32) of the derivation)
 
-    t(o, k) = o * stride + k * dilation - pad_lo        (per spatial dimension)
+    t(i, k) = stride * i + dilation * k - pad_lo        (per spatial dimension)
 
-and every backward pass sends one value per ``(o, k)`` back to ``t(o, k)``.
+and every backward pass sends one value per ``(i, k)`` back to ``t(i, k)``.
 This module holds the pieces shared by the max, min, average and Lp rules:
 
 * :class:`PoolGeometry`, the hashable value the public functions build once
@@ -284,7 +284,7 @@ def pad_to_covered(x: jax.Array, geometry: PoolGeometry, value) -> jax.Array:
 
 def window_view(padded: jax.Array, geometry: PoolGeometry,
                 offset: Sequence[int]) -> jax.Array:
-  """Tap ``offset`` of every window: ``padded[:, o*s + k*d, :]``, eq. (32).
+  """Tap ``offset`` of every window: ``padded[:, s*i + d*k, :]``, eq. (32).
 
   Args:
     padded: a canonical array already padded by :func:`pad_to_covered`.
@@ -308,11 +308,11 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
                      dtype) -> jax.Array:
   """Sends per-window terms back to their taps and sums them, eq. (46).
 
-  Computes ``dx[i] = sum over (o, k) with t(o, k) = i of term(k)[o]``, the
+  Computes ``dx[j] = sum over (i, k) with t(i, k) = j of term(k)[i]``, the
   transpose of :func:`window_view` summed over offsets. Instead of adding one
   full-size strided update per offset, the padded line is split into its
   ``stride`` phases: position ``q*s + r`` receives only the offsets with
-  ``k*d = r (mod s)``, from output ``o = q - (k*d) // s``. Each phase is a sum
+  ``k*d = r (mod s)``, from window ``i = q - (k*d) // s``. Each phase is a sum
   of shifted output-sized arrays, and the phases interleave back by a
   reshape. With non-overlapping windows (``window == stride``, no dilation)
   every phase is a single term and the whole scatter is one reshape.

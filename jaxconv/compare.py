@@ -31,7 +31,7 @@ from jax import lax
 import jaxconv
 
 __all__ = ["Case", "CASES", "compare_case", "conv_case", "main",
-           "register_case", "TOLERANCE"]
+           "pool_case", "register_case", "TOLERANCE"]
 
 # Largest accepted relative difference per dtype (both sides in that dtype).
 TOLERANCE = {
@@ -144,6 +144,88 @@ for _args in [
          padding="VALID", transpose=True),
 ]:
   register_case(conv_case(**_args))
+
+
+
+def pool_case(kind, input_shape, window_shape, strides=None, padding="VALID",
+              p=None, count_include_pad=True, name=None) -> Case:
+  """A channels-last pooling case: ``kind`` in max, min, avg, lp.
+
+  lax's side is ``lax.reduce_window`` (max, min, add; the average divides by
+  the window size or, without ``count_include_pad``, by the number of real
+  taps), differentiated by JAX.
+
+  Args:
+    kind: ``"max"``, ``"min"``, ``"avg"`` or ``"lp"``.
+    input_shape: ``(batch, *spatial, C)``.
+    window_shape, strides, padding: as in ``jaxconv.max_pool`` (``padding``
+      a string or ``(lo, hi)`` pairs).
+    p: the norm's order for ``"lp"``.
+    count_include_pad: as in ``jaxconv.avg_pool``.
+    name: the label; made from the arguments when ``None``.
+
+  Returns:
+    A ``Case`` comparing jaxconv with lax.
+  """
+  n = len(window_shape)
+  window = tuple(window_shape)
+  strides = (1,) * n if strides is None else tuple(strides)
+  if name is None:
+    name = (f"{kind}_pool {'x'.join(map(str, input_shape))} w"
+            f"{'x'.join(map(str, window))} s{'x'.join(map(str, strides))} "
+            f"{padding if isinstance(padding, str) else 'pad'}"
+            + (f" p{p}" if kind == "lp" else "")
+            + ("" if count_include_pad else " no-pad-count"))
+  dims, steps = (1,) + window + (1,), (1,) + strides + (1,)
+  pads = padding if isinstance(padding, str) else (
+      ((0, 0),) + tuple(map(tuple, padding)) + ((0, 0),))
+
+  def reduce(x, init, op):
+    return lax.reduce_window(x, init, op, dims, steps, pads)
+
+  if kind == "max":
+    ours = lambda x: jaxconv.max_pool(x, window, strides, padding)
+    theirs = lambda x: reduce(x, -jnp.inf, lax.max)
+  elif kind == "min":
+    ours = lambda x: jaxconv.min_pool(x, window, strides, padding)
+    theirs = lambda x: reduce(x, jnp.inf, lax.min)
+  elif kind == "avg":
+    ours = lambda x: jaxconv.avg_pool(x, window, strides, padding,
+                                      count_include_pad)
+
+    def theirs(x):
+      if count_include_pad:
+        return reduce(x, 0.0, lax.add) / np.prod(window)
+      counts = reduce(jnp.ones((1,) + x.shape[1:-1] + (1,), x.dtype), 0.0,
+                      lax.add)
+      return reduce(x, 0.0, lax.add) / counts
+  elif kind == "lp":
+    ours = lambda x: jaxconv.lp_pool(x, p, window, strides, padding)
+    theirs = lambda x: reduce(jnp.abs(x) ** p, 0.0, lax.add) ** (1.0 / p)
+  else:
+    raise ValueError(f"kind must be max, min, avg or lp, got {kind!r}")
+  return Case(name, (tuple(input_shape),), ours, theirs, ("input",))
+
+
+for _args in [
+    dict(kind="max", input_shape=(4, 16, 16, 8), window_shape=(2, 2),
+         strides=(2, 2), padding="SAME"),
+    dict(kind="max", input_shape=(4, 17, 15, 8), window_shape=(3, 3),
+         strides=(2, 2), padding="SAME"),
+    dict(kind="max", input_shape=(2, 6, 8, 8, 4), window_shape=(2, 3, 3),
+         strides=(2, 2, 1), padding=((0, 1), (1, 1), (1, 0))),
+    dict(kind="min", input_shape=(4, 28, 8), window_shape=(3,), strides=(1,),
+         padding="SAME"),
+    dict(kind="avg", input_shape=(4, 16, 16, 8), window_shape=(3, 3),
+         strides=(2, 2), padding="SAME"),
+    dict(kind="avg", input_shape=(4, 17, 15, 8), window_shape=(3, 2),
+         strides=(2, 1), padding="SAME", count_include_pad=False),
+    dict(kind="lp", input_shape=(4, 16, 16, 8), window_shape=(3, 3),
+         strides=(2, 2), padding="SAME", p=2.0),
+    dict(kind="lp", input_shape=(4, 28, 8), window_shape=(4,), strides=(2,),
+         padding="VALID", p=3.5),
+]:
+  register_case(pool_case(**_args))
 
 
 def _arrays(case: Case, dtype, seed: int):

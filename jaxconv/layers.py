@@ -10,17 +10,19 @@ implements. Each rule comes in three parts, as in the rest of jaxconv:
 2. a private ``@jax.custom_vjp`` primal;
 3. its ``_fwd`` / ``_bwd`` pair, with ``defvjp`` directly below. The ``_bwd``
    only unpacks the residuals and calls the named gradient function that holds
-   the math; those functions are public so that they can be read and tested
-   one at a time.
+   the math; those functions are public (``*_grad``, like
+   ``conv_input_grad``) so that they can be read and tested one at a time.
 
-The backward rules are written with ordinary differentiable ``jax.numpy``
-operations, never with ``jax.vjp`` of the forward, so that reverse-over-reverse
-(``jax.grad`` of ``jax.grad``, Hessian-vector products) differentiates the
-hand-written rules themselves.
+The backward rules are ordinary differentiable ``jax.numpy`` expressions,
+never ``jax.vjp`` of the forward, so reverse-over-reverse (``jax.grad`` of
+``jax.grad``, Hessian-vector products) differentiates the hand-written rules
+themselves.
 
-Symbols (docs/derivation.md, Part III): a layer ``l`` reads ``o^{l-1}`` and
-computes the pre-activation ``x^l``; the activation gives ``o^l = f(x^l)``;
-``E`` is the loss and ``delta^l = dE/dx^l`` (50).
+Symbols, as in the derivation: layer ``l`` reads ``h^{l-1}`` and computes the
+pre-activation ``z^l`` (the ``z`` of Part I, eq. (7)); the activation gives
+``h^l = f(z^l)``; ``E`` is the loss and ``delta^l = dE/dz^l`` (eq. (8)).
+Indices: ``n`` the example (or any leading position), ``c`` an input feature,
+``o`` an output feature.
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv._geometry import check_floating
-from jaxconv._geometry import check_same_floating as _check_dtypes
+from jaxconv._geometry import check_floating, check_same_floating
 
 __all__ = [
     "dense",
@@ -76,24 +77,26 @@ def dense(x, w, b=None):
 
   Implements eq. (51) of docs/derivation.md,
 
-  .. math:: x^l_{n,j} = \sum_i o^{l-1}_{n,i} W^l_{i,j} + b^l_j,
+  .. math:: z^l_{n,o} = \sum_c h^{l-1}_{n,c} W^l_{c,o} + b^l_o,
 
-  where ``n`` runs over every leading position of ``x`` (batch, or batch and
-  any other leading axes) and ``i`` over its last axis.
+  where ``n`` runs over every leading position of ``x`` (the batch, or the
+  batch and any other leading axes) and ``c`` over its last axis. It is
+  Part I's convolution with a one-tap kernel on a single position.
 
   Args:
-    x: the layer input ``o^{l-1}``, shape ``(..., d_in)``, real floating point.
+    x: the layer input ``h^{l-1}``, shape ``(..., d_in)``, real floating
+      point.
     w: the kernel ``W^l``, shape ``(d_in, d_out)``; the layout of Flax's
       ``nn.Dense`` kernel.
     b: optional bias ``b^l``, shape ``(d_out,)``.
 
   Returns:
-    The pre-activation ``x^l``, shape ``(..., d_out)``, in the arguments'
+    The pre-activation ``z^l``, shape ``(..., d_out)``, in the arguments'
     dtype.
 
   Raises:
     TypeError: an argument is not a real floating-point array, or the dtypes
-      differ (as in :func:`jaxconv.conv`, cast explicitly).
+      differ (as in :func:`jaxconv.conv`: cast explicitly).
     ValueError: ``x`` is 0-d, ``w`` is not 2-d, ``x.shape[-1] != w.shape[0]``,
       or ``b.shape != (w.shape[1],)``.
 
@@ -103,7 +106,7 @@ def dense(x, w, b=None):
     Array([[3., 4., 5., 6.],
            [3., 4., 5., 6.]], dtype=float32)
   """
-  _check_dtypes(x, w, "x", "w")
+  check_same_floating(x, w, "x", "w")
   _check_min_ndim(x, 1, "x", "(the last is the feature axis)")
   if w.ndim != 2:
     raise ValueError(f"`w` must be 2-d with shape (d_in, d_out), got shape "
@@ -114,7 +117,7 @@ def dense(x, w, b=None):
         f"d_in = {w.shape[0]} (x shape {tuple(x.shape)}, w shape "
         f"{tuple(w.shape)}).")
   if b is not None:
-    _check_dtypes(x, b, "x", "b")
+    check_same_floating(x, b, "x", "b")
     if tuple(b.shape) != (w.shape[1],):
       raise ValueError(f"`b` must have shape (d_out,) = ({w.shape[1]},), got "
                        f"{tuple(b.shape)}.")
@@ -123,21 +126,21 @@ def dense(x, w, b=None):
 
 @jax.custom_vjp
 def _dense(x, w, b):
-  y = jnp.matmul(x, w, precision=_HIGHEST)
-  return y if b is None else y + b
+  z = jnp.matmul(x, w, precision=_HIGHEST)
+  return z if b is None else z + b
 
 
 # Backward rule of the dense layer, eqs. (51)-(54).
 #
-#   forward (51):  x^l_{n,j} = sum_i o^{l-1}_{n,i} W_{i,j} + b_j
-#   input   (52):  dE/do^{l-1}_{n,i} = sum_j delta_{n,j} W_{i,j}    = delta W^T
-#   kernel  (53):  dE/dW_{i,j}      = sum_n o^{l-1}_{n,i} delta_{n,j} = o^T delta
-#   bias    (54):  dE/db_j          = sum_n delta_{n,j}
+#   forward (51):  z_{n,o} = sum_c h_{n,c} W_{c,o} + b_o
+#   input   (52):  dE/dh_{n,c} = sum_o delta_{n,o} W_{c,o}      = delta W^T
+#   kernel  (53):  dE/dW_{c,o} = sum_n h_{n,c} delta_{n,o}      = h^T delta
+#   bias    (54):  dE/db_o     = sum_n delta_{n,o}
 #
-# Residuals: the input o^{l-1} (for (53)) and the kernel W (for (52)); whether
-# there is a bias is a Python bool. (53) and (54) sum over every leading
-# position n, because the same W and b serve each of them: weight sharing, as
-# in the convolution's kernel gradient.
+# Residuals: the input h (for (53)) and the kernel W (for (52)); whether there
+# is a bias is a Python bool. (53) and (54) sum over every position n because
+# the same W and b serve all of them: weight sharing, as in Part I's (9) and
+# (11).
 
 
 def _dense_fwd(x, w, b):
@@ -157,15 +160,15 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 def dense_input_grad(cotangent, w):
   r"""Gradient of a dense layer with respect to its input, eq. (52).
 
-  .. math:: \frac{\partial E}{\partial o^{l-1}_{n,i}}
-            = \sum_j \delta^l_{n,j} W^l_{i,j}
+  .. math:: \frac{\partial E}{\partial h^{l-1}_{n,c}}
+            = \sum_o \delta^l_{n,o} W^l_{c,o}
 
   Args:
-    cotangent: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
+    cotangent: ``delta^l = dE/dz^l``, shape ``(..., d_out)``.
     w: the kernel ``W^l``, shape ``(d_in, d_out)``.
 
   Returns:
-    ``dE/do^{l-1}``, shape ``(..., d_in)``.
+    ``dE/dh^{l-1}``, shape ``(..., d_in)``.
   """
   return jnp.matmul(cotangent, w.T, precision=_HIGHEST)
 
@@ -173,12 +176,12 @@ def dense_input_grad(cotangent, w):
 def dense_kernel_grad(x, cotangent):
   r"""Gradient of a dense layer with respect to its kernel, eq. (53).
 
-  .. math:: \frac{\partial E}{\partial W^l_{i,j}}
-            = \sum_n o^{l-1}_{n,i} \delta^l_{n,j}
+  .. math:: \frac{\partial E}{\partial W^l_{c,o}}
+            = \sum_n h^{l-1}_{n,c} \delta^l_{n,o}
 
   Args:
-    x: the layer input ``o^{l-1}``, shape ``(..., d_in)``.
-    cotangent: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
+    x: the layer input ``h^{l-1}``, shape ``(..., d_in)``.
+    cotangent: ``delta^l = dE/dz^l``, shape ``(..., d_out)``.
 
   Returns:
     ``dE/dW^l``, shape ``(d_in, d_out)``: a sum over every leading position.
@@ -191,10 +194,10 @@ def dense_kernel_grad(x, cotangent):
 def dense_bias_grad(cotangent):
   r"""Gradient of a dense layer with respect to its bias, eq. (54).
 
-  .. math:: \frac{\partial E}{\partial b^l_j} = \sum_n \delta^l_{n,j}
+  .. math:: \frac{\partial E}{\partial b^l_o} = \sum_n \delta^l_{n,o}
 
   Args:
-    cotangent: ``delta^l = dE/dx^l``, shape ``(..., d_out)``.
+    cotangent: ``delta^l = dE/dz^l``, shape ``(..., d_out)``.
 
   Returns:
     ``dE/db^l``, shape ``(d_out,)``.
@@ -203,7 +206,7 @@ def dense_bias_grad(cotangent):
 
 
 # -----------------------------------------------------------------------------
-# Activations: o^l = f(x^l), element by element.
+# Activations: h^l = f(z^l), element by element.
 # -----------------------------------------------------------------------------
 
 
@@ -211,14 +214,14 @@ def relu(x):
   r"""Rectified linear unit, ``max(x, 0)``, eq. (57).
 
   The derivative at ``x = 0`` is taken to be 0, the choice of
-  ``jax.nn.relu`` (and PyTorch): the rule passes the gradient only where
-  ``x > 0``, eq. (57). A NaN input gives a NaN output and a zero gradient.
+  ``jax.nn.relu`` (and PyTorch): the gradient passes only where ``x > 0``.
+  A NaN input gives a NaN output and a zero gradient, as in ``jax.nn.relu``.
 
   Args:
-    x: the pre-activation ``x^l``, any shape, real floating point.
+    x: the pre-activation ``z^l``, any shape, real floating point.
 
   Returns:
-    ``o^l = max(x^l, 0)``, same shape and dtype.
+    ``h^l = max(z^l, 0)``, same shape and dtype.
 
   Raises:
     TypeError: ``x`` is not a real floating-point array.
@@ -234,41 +237,41 @@ def _relu(x):
 
 # Backward rule of relu, eqs. (56)-(57).
 #
-#   (56)  delta^l = dE/do^l * f'(x^l)           (f acts element by element)
-#   (57)  f'(x) = 1 if x > 0 else 0  =  1 if o > 0 else 0     (f'(0) := 0)
+#   (56)  delta^l = dE/dh^l * f'(z^l)            (f acts element by element)
+#   (57)  f'(z) = 1 if z > 0 else 0  =  1 if h > 0 else 0      (f'(0) := 0)
 #
-# Residual: the output o^l. Since o > 0 exactly where x > 0, the output
+# Residual: the output h^l. Since h > 0 exactly where z > 0, the output
 # carries the whole mask; the next layer (a convolution, a pooling or a dense
-# layer) keeps o^l as its own residual anyway, so keeping it here costs no
-# extra memory, where a separate boolean mask would.
+# layer) keeps h^l as its own residual anyway, so keeping it here costs no
+# memory, where a separate boolean mask would.
 
 
 def _relu_fwd(x):
-  y = _relu(x)
-  return y, y
+  output = _relu(x)
+  return output, output
 
 
-def _relu_bwd(y, cotangent):
-  return (relu_grad(cotangent, y),)
+def _relu_bwd(output, cotangent):
+  return (relu_grad(cotangent, output),)
 
 
 _relu.defvjp(_relu_fwd, _relu_bwd)
 
 
-def relu_grad(cotangent, y):
+def relu_grad(cotangent, output):
   r"""Gradient of relu with respect to its input, eqs. (56)-(57).
 
-  .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot
-            \mathbf{1}[o^l > 0]
+  .. math:: \delta^l = \frac{\partial E}{\partial h^l} \odot
+            \mathbf{1}[h^l > 0]
 
   Args:
-    cotangent: ``dE/do^l``, the shape of ``y``.
-    y: the relu output ``o^l``.
+    cotangent: ``dE/dh^l``, the shape of ``output``.
+    output: the relu output ``h^l``.
 
   Returns:
-    ``delta^l = dE/dx^l``.
+    ``delta^l = dE/dz^l``.
   """
-  return jnp.where(y > 0, cotangent, jnp.zeros_like(cotangent))
+  return jnp.where(output > 0, cotangent, jnp.zeros_like(cotangent))
 
 
 def leaky_relu(x, negative_slope=0.01):
@@ -278,13 +281,13 @@ def leaky_relu(x, negative_slope=0.01):
   at ``x = 0`` is 1, the choice of ``jax.nn.leaky_relu``.
 
   Args:
-    x: the pre-activation ``x^l``, any shape, real floating point.
+    x: the pre-activation ``z^l``, any shape, real floating point.
     negative_slope: the slope ``alpha`` for negative inputs, a Python real
       number. It is a fixed hyperparameter: no gradient flows to it, and it
       cannot be a traced array (a learned slope is PReLU, not provided).
 
   Returns:
-    ``o^l``, same shape and dtype as ``x``.
+    ``h^l``, same shape and dtype as ``x``.
 
   Raises:
     TypeError: ``x`` is not a real floating-point array, or
@@ -306,11 +309,11 @@ def _leaky_relu(x, negative_slope):
 
 # Backward rule of leaky relu, eqs. (56) and (58).
 #
-#   (56)  delta^l = dE/do^l * f'(x^l)
-#   (58)  f'(x) = 1 if x >= 0 else alpha                      (f'(0) := 1)
+#   (56)  delta^l = dE/dh^l * f'(z^l)
+#   (58)  f'(z) = 1 if z >= 0 else alpha                        (f'(0) := 1)
 #
-# Residual: the boolean mask x >= 0 (one byte per element). The output alone
-# would not do: with alpha <= 0 its sign does not tell x >= 0 from x < 0.
+# Residual: the boolean mask z >= 0 (one byte per element). The output alone
+# would not do: with alpha <= 0 its sign does not tell z >= 0 from z < 0.
 # alpha is a static Python float (nondiff_argnums), so it gets no cotangent.
 
 
@@ -328,29 +331,28 @@ _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 def leaky_relu_grad(cotangent, nonnegative, negative_slope):
   r"""Gradient of leaky relu with respect to its input, eqs. (56), (58).
 
-  .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot
-            \begin{cases} 1 & x^l \ge 0 \\ \alpha & x^l < 0 \end{cases}
+  .. math:: \delta^l = \frac{\partial E}{\partial h^l} \odot
+            \begin{cases} 1 & z^l \ge 0 \\ \alpha & z^l < 0 \end{cases}
 
   Args:
-    cotangent: ``dE/do^l``.
-    nonnegative: boolean mask ``x^l >= 0``, the shape of ``cotangent``.
+    cotangent: ``dE/dh^l``.
+    nonnegative: boolean mask ``z^l >= 0``, the shape of ``cotangent``.
     negative_slope: ``alpha``, a Python float.
 
   Returns:
-    ``delta^l = dE/dx^l``.
+    ``delta^l = dE/dz^l``.
   """
-  return jnp.where(nonnegative, cotangent,
-                   negative_slope * cotangent)
+  return jnp.where(nonnegative, cotangent, negative_slope * cotangent)
 
 
 def tanh(x):
   r"""Hyperbolic tangent, eq. (59).
 
   Args:
-    x: the pre-activation ``x^l``, any shape, real floating point.
+    x: the pre-activation ``z^l``, any shape, real floating point.
 
   Returns:
-    ``o^l = tanh(x^l)``, same shape and dtype.
+    ``h^l = tanh(z^l)``, same shape and dtype.
 
   Raises:
     TypeError: ``x`` is not a real floating-point array.
@@ -366,39 +368,39 @@ def _tanh(x):
 
 # Backward rule of tanh, eqs. (56) and (59).
 #
-#   (56)  delta^l = dE/do^l * f'(x^l)
-#   (59)  f'(x) = 1 - tanh(x)^2 = 1 - o^2
+#   (56)  delta^l = dE/dh^l * f'(z^l)
+#   (59)  f'(z) = 1 - tanh(z)^2 = 1 - h^2
 #
-# Residual: the output o^l, from which (59) needs nothing else. Far out in the
-# tails o rounds to +-1 and the factor to exactly 0; the true value is below
+# Residual: the output h^l, from which (59) needs nothing else. Far out in the
+# tails h rounds to +-1 and the factor to exactly 0; the true value is below
 # the dtype's resolution there.
 
 
 def _tanh_fwd(x):
-  y = _tanh(x)
-  return y, y
+  output = _tanh(x)
+  return output, output
 
 
-def _tanh_bwd(y, cotangent):
-  return (tanh_grad(cotangent, y),)
+def _tanh_bwd(output, cotangent):
+  return (tanh_grad(cotangent, output),)
 
 
 _tanh.defvjp(_tanh_fwd, _tanh_bwd)
 
 
-def tanh_grad(cotangent, y):
+def tanh_grad(cotangent, output):
   r"""Gradient of tanh with respect to its input, eqs. (56), (59).
 
-  .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot (1 - (o^l)^2)
+  .. math:: \delta^l = \frac{\partial E}{\partial h^l} \odot (1 - (h^l)^2)
 
   Args:
-    cotangent: ``dE/do^l``.
-    y: the tanh output ``o^l``.
+    cotangent: ``dE/dh^l``.
+    output: the tanh output ``h^l``.
 
   Returns:
-    ``delta^l = dE/dx^l``.
+    ``delta^l = dE/dz^l``.
   """
-  return cotangent * (1 - y * y)
+  return cotangent * (1 - output * output)
 
 
 def sigmoid(x):
@@ -407,10 +409,10 @@ def sigmoid(x):
   Computed with ``lax.logistic``, which does not overflow for large ``|x|``.
 
   Args:
-    x: the pre-activation ``x^l``, any shape, real floating point.
+    x: the pre-activation ``z^l``, any shape, real floating point.
 
   Returns:
-    ``o^l = sigma(x^l)``, same shape and dtype.
+    ``h^l = sigma(z^l)``, same shape and dtype.
 
   Raises:
     TypeError: ``x`` is not a real floating-point array.
@@ -426,39 +428,39 @@ def _sigmoid(x):
 
 # Backward rule of the sigmoid, eqs. (56) and (60).
 #
-#   (56)  delta^l = dE/do^l * f'(x^l)
-#   (60)  f'(x) = sigma(x) (1 - sigma(x)) = o (1 - o)
+#   (56)  delta^l = dE/dh^l * f'(z^l)
+#   (60)  f'(z) = sigma(z) (1 - sigma(z)) = h (1 - h)
 #
-# Residual: the output o^l. In saturation o rounds to 1 (x >~ 17 in float32)
-# and the factor to exactly 0; for very negative x, o (1 - o) = o stays
-# accurate until o itself underflows to 0. Neither end gives inf or NaN.
+# Residual: the output h^l. In saturation h rounds to 1 (z >~ 17 in float32)
+# and the factor to exactly 0; for very negative z, h (1 - h) = h stays
+# accurate until h itself underflows to 0. Neither end gives inf or NaN.
 
 
 def _sigmoid_fwd(x):
-  y = _sigmoid(x)
-  return y, y
+  output = _sigmoid(x)
+  return output, output
 
 
-def _sigmoid_bwd(y, cotangent):
-  return (sigmoid_grad(cotangent, y),)
+def _sigmoid_bwd(output, cotangent):
+  return (sigmoid_grad(cotangent, output),)
 
 
 _sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
 
 
-def sigmoid_grad(cotangent, y):
+def sigmoid_grad(cotangent, output):
   r"""Gradient of the sigmoid with respect to its input, eqs. (56), (60).
 
-  .. math:: \delta^l = \frac{\partial E}{\partial o^l} \odot o^l (1 - o^l)
+  .. math:: \delta^l = \frac{\partial E}{\partial h^l} \odot h^l (1 - h^l)
 
   Args:
-    cotangent: ``dE/do^l``.
-    y: the sigmoid output ``o^l``.
+    cotangent: ``dE/dh^l``.
+    output: the sigmoid output ``h^l``.
 
   Returns:
-    ``delta^l = dE/dx^l``.
+    ``delta^l = dE/dz^l``.
   """
-  return cotangent * (y * (1 - y))
+  return cotangent * (output * (1 - output))
 
 
 # -----------------------------------------------------------------------------
@@ -475,15 +477,16 @@ def mse(predictions, targets):
             (t_{n,p} - y_{n,p})^2,
 
   with the batch on the first axis and ``p`` running over all the others.
-  With ``B = 1`` it is the seeds' ``E = 1/2 sum_p (t_p - y_p)^2``; the 1/2
+  With ``B = 1`` it is the textbook ``E = 1/2 sum_p (t_p - y_p)^2``; the 1/2
   cancels the 2 of the derivative, and the 1/B keeps the gradient's scale
-  independent of the batch size. It is ``optax.l2_loss(y, t).sum() / B``, and
-  NOT ``jnp.mean((y - t) ** 2)``, which divides by every element and omits
-  the 1/2. An empty batch gives NaN (0 / 0), as ``jnp.mean`` does.
+  independent of the batch size. It equals
+  ``optax.l2_loss(y, t).sum() / B`` and is NOT ``jnp.mean((y - t) ** 2)``,
+  which divides by every element and has no 1/2. An empty batch gives NaN
+  (0 / 0), as ``jnp.mean`` does.
 
   Args:
     predictions: ``y``, shape ``(B, ...)``, real floating point.
-    targets: ``t``, the shape of ``predictions``, real floating point. It is
+    targets: ``t``, the shape and dtype of ``predictions``. It is
       differentiable too (eq. (63)).
 
   Returns:
@@ -494,7 +497,7 @@ def mse(predictions, targets):
       differ.
     ValueError: ``predictions`` is 0-d, or the shapes differ.
   """
-  _check_dtypes(predictions, targets, "predictions", "targets")
+  check_same_floating(predictions, targets, "predictions", "targets")
   _check_min_ndim(predictions, 1, "predictions", "(the first is the batch)")
   if predictions.shape != targets.shape:
     raise ValueError(
@@ -503,10 +506,13 @@ def mse(predictions, targets):
   return _mse(predictions, targets)
 
 
+def _half_squared_error(difference):
+  return 0.5 * jnp.sum(difference * difference) / difference.shape[0]
+
+
 @jax.custom_vjp
 def _mse(predictions, targets):
-  difference = predictions - targets
-  return 0.5 * jnp.sum(difference * difference) / predictions.shape[0]
+  return _half_squared_error(predictions - targets)
 
 
 # Backward rule of the mean squared error, eqs. (61)-(63).
@@ -516,11 +522,12 @@ def _mse(predictions, targets):
 #   (63)  dE/dt = (t - y) / B = -dE/dy
 #
 # Each is multiplied by the incoming cotangent dL/dE (1 when E is the final
-# loss, eq. (69)). Residual: the difference y - t; B is static (the shape).
+# loss, eq. (69)). Residual: the difference y - t; B is static (a shape).
 
 
 def _mse_fwd(predictions, targets):
-  return _mse(predictions, targets), predictions - targets
+  difference = predictions - targets
+  return _half_squared_error(difference), difference
 
 
 def _mse_bwd(difference, cotangent):
@@ -561,31 +568,28 @@ def mse_targets_grad(cotangent, difference):
   return difference * (-cotangent / difference.shape[0])
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
 def softmax_cross_entropy(logits, labels):
   r"""Cross-entropy of the softmax of ``logits`` against integer labels.
 
   Implements eqs. (64)-(65) of docs/derivation.md,
 
-  .. math:: E = \frac{1}{N} \sum_n \Big( \log \sum_k e^{z_{n,k}}
-            - z_{n,c_n} \Big) = -\frac{1}{N} \sum_n \log p_{n,c_n},
+  .. math:: E = \frac{1}{B} \sum_n \Big( \log \sum_q e^{z_{n,q}}
+            - z_{n,t_n} \Big) = -\frac{1}{B} \sum_n \log p_{n,t_n},
 
-  averaged over the ``N`` label positions (the batch, or every leading
+  averaged over the ``B`` label positions (the batch, or every leading
   position of ``logits``). The log-sum-exp is shifted by each row's maximum,
   so large logits neither overflow nor lose the answer (eq. (64)). It equals
-  ``optax.softmax_cross_entropy_with_integer_labels(z, c).mean()``.
+  ``optax.softmax_cross_entropy_with_integer_labels(z, t).mean()``.
 
-  Labels are checked against ``[0, K)`` when they are concrete. Under
+  Labels are checked against ``[0, Q)`` when they are concrete. Under
   ``jax.jit`` they are traced and cannot be checked in Python; an
   out-of-range label (negative ones included) then makes the loss NaN, and
   its row of the gradient, so that the mistake cannot train silently.
 
   Args:
-    logits: ``z``, shape ``(..., K)``, real floating point.
-    labels: the classes ``c``, an integer array of shape ``logits.shape[:-1]``.
+    logits: ``z``, shape ``(..., Q)`` for ``Q`` classes, real floating point.
+    labels: the classes ``t``, an integer array of shape
+      ``logits.shape[:-1]``.
 
   Returns:
     The scalar loss ``E``, in the dtype of ``logits``.
@@ -594,7 +598,7 @@ def softmax_cross_entropy(logits, labels):
     TypeError: ``logits`` is not a real floating-point array, or ``labels``
       is not an integer array.
     ValueError: ``logits`` is 0-d or has no classes, the shapes do not match,
-      or a concrete label lies outside ``[0, K)``.
+      or a concrete label lies outside ``[0, Q)``.
   """
   check_floating(logits, "logits")
   _check_min_ndim(logits, 1, "logits", "(the last is the class axis)")
@@ -613,7 +617,7 @@ def softmax_cross_entropy(logits, labels):
     raise ValueError(
         f"`labels` must have shape logits.shape[:-1] = "
         f"{tuple(logits.shape[:-1])}, got {tuple(labels.shape)}.")
-  if _is_concrete(labels) and labels.size:
+  if not isinstance(labels, jax.core.Tracer) and labels.size:
     values = np.asarray(labels)
     low, high = values.min(), values.max()
     if low < 0 or high >= num_classes:
@@ -624,41 +628,47 @@ def softmax_cross_entropy(logits, labels):
 
 
 def _one_hot(labels, num_classes, dtype):
-  """Rows ``1[k = c_n]``; a row of NaN where ``c_n`` is outside ``[0, K)``."""
+  """Rows ``1[q = t_n]``; a row of NaN where ``t_n`` is outside ``[0, Q)``."""
   one_hot = (labels[..., None] == jnp.arange(num_classes)).astype(dtype)
   valid = (labels >= 0) & (labels < num_classes)
   return jnp.where(valid[..., None], one_hot, jnp.asarray(jnp.nan, dtype))
 
 
 def _log_softmax(logits):
-  # (64): log p = z - m - log sum_k exp(z_k - m), with m the row maximum. The
+  # (64): log p = z - m - log sum_q exp(z_q - m), with m the row maximum. The
   # shift cancels exactly, so it carries no gradient.
   shift = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   shifted = logits - shift
   return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
 
 
+def _cross_entropy(log_probabilities, labels):
+  # (65): E = -(1/B) sum_n log p_{n,t_n}.
+  one_hot = _one_hot(labels, log_probabilities.shape[-1],
+                     log_probabilities.dtype)
+  return -jnp.sum(one_hot * log_probabilities) / math.prod(labels.shape)
+
+
 @jax.custom_vjp
 def _softmax_cross_entropy(logits, labels):
-  one_hot = _one_hot(labels, logits.shape[-1], logits.dtype)
-  count = math.prod(labels.shape)
-  return -jnp.sum(one_hot * _log_softmax(logits)) / count
+  return _cross_entropy(_log_softmax(logits), labels)
 
 
 # Backward rule of the softmax cross-entropy, eqs. (64)-(66).
 #
-#   (64)  p_{n,k} = exp(z_{n,k} - m_n) / sum_k' exp(z_{n,k'} - m_n)
-#   (65)  E = -(1/N) sum_n log p_{n,c_n}
-#   (66)  dE/dz_{n,k} = (p_{n,k} - [k = c_n]) / N
+#   (64)  p_{n,q} = exp(z_{n,q} - m_n) / sum_q' exp(z_{n,q'} - m_n)
+#   (65)  E = -(1/B) sum_n log p_{n,t_n}
+#   (66)  dE/dz_{n,q} = (p_{n,q} - 1[q = t_n]) / B
 #
 # times the incoming cotangent dL/dE (69). Residuals: the probabilities p and
-# the labels c; N and K are static. Labels are integers: their cotangent is
-# None (symbolically zero).
+# the labels t; B and Q are static. Labels are integers: their cotangent is
+# None (a symbolic zero).
 
 
 def _softmax_cross_entropy_fwd(logits, labels):
-  loss = _softmax_cross_entropy(logits, labels)
-  return loss, (jnp.exp(_log_softmax(logits)), labels)
+  log_probabilities = _log_softmax(logits)
+  return (_cross_entropy(log_probabilities, labels),
+          (jnp.exp(log_probabilities), labels))
 
 
 def _softmax_cross_entropy_bwd(residuals, cotangent):
@@ -674,13 +684,13 @@ _softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd,
 def softmax_cross_entropy_grad(cotangent, probabilities, labels):
   r"""Gradient of :func:`softmax_cross_entropy` for the logits, eq. (66).
 
-  .. math:: \frac{\partial E}{\partial z_{n,k}}
-            = \frac{p_{n,k} - \mathbf{1}[k = c_n]}{N}
+  .. math:: \frac{\partial E}{\partial z_{n,q}}
+            = \frac{p_{n,q} - \mathbf{1}[q = t_n]}{B}
 
   Args:
     cotangent: the scalar ``dL/dE`` (1 for the final loss).
-    probabilities: ``p = softmax(z)``, shape ``(..., K)``.
-    labels: the classes ``c``, shape ``probabilities.shape[:-1]``.
+    probabilities: ``p = softmax(z)``, shape ``(..., Q)``.
+    labels: the classes ``t``, shape ``probabilities.shape[:-1]``.
 
   Returns:
     ``dL/dz``, the shape of ``probabilities``.

@@ -136,9 +136,9 @@ def max_pool(x, window_shape, strides=None, padding="VALID", *, dilation=1,
              ceil_mode=False):
   """Max pooling over the spatial axes, with a first-winner gradient.
 
-  Computes, per window ``o`` (eq. (33)),
+  Computes, per window ``i`` (eq. (33)),
 
-      y[o] = max over real taps k of x[t(o, k)],   t(o, k) = o*s + k*d - lo,
+      y[i] = max over real taps k of x[t(i, k)],   t(i, k) = s*i + d*k - lo,
 
   and its gradient routes the whole cotangent of a window to the first maximum
   in row-major window order (eq. (36)); overlapping windows add up. Padding is
@@ -242,7 +242,8 @@ def max_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID", *,
                   dilation=1, ceil_mode=False):
   """The input gradient of :func:`max_pool`: eq. (36).
 
-  ``dx[i] = sum over windows o whose first winner is i of cotangent[o]``.
+  ``dE/dx[j] = sum over the windows i whose first winner is j of
+  delta[i]``, with ``delta`` the cotangent.
   Jit-able and differentiable (linear in ``cotangent``; zero derivative in
   ``x`` almost everywhere).
 
@@ -297,26 +298,26 @@ def _extremum_pool_grad(x, cotangent, window_shape, strides, padding, dilation,
 # ----------------------------------------------------------------------------
 # Rule: max / min pooling.
 #
-#   Forward (33), (34), (35), (37): for every window o and offset k the tap is
-#   t(o, k) = o*s + k*d - lo (32). Scanning the offsets in row-major order,
-#       y[o]  = max_k x[t(o, k)],
-#       k*(o) = the first k attaining it; a NaN beats every number and the
+#   Forward (33), (34), (35), (37): tap k of window i reads x[t(i, k)],
+#   t(i, k) = s*i + d*k - lo (32). Scanning the taps in row-major order,
+#       y[i]  = max over real taps k of x[t(i, k)],
+#       k*(i) = the first k attaining it; a NaN beats every number and the
 #               first NaN is kept; padding (-inf) is never k*: if the best
 #               value is -inf, k* is the first real tap.
 #   Min is the same scan with the comparison reversed and +inf padding.
 #
-#   Backward (36): y[o] = x[t(o, k*(o))] locally, so dy[o]/dx[i] is 1 when
-#   t(o, k*(o)) = i and 0 otherwise, and
-#       dx[i] = sum_o g[o] [t(o, k*(o)) = i]
-#   -- the cotangent of each window goes to its winner; overlapping windows
-#   add up. This is the scatter (46) of the terms where(k*(o) = k, g[o], 0).
+#   Backward (36): locally y[i] = x[t(i, k*(i))], so dy[i]/dx[j] is 1 when
+#   t(i, k*(i)) = j and 0 otherwise, and
+#       dE/dx[j] = sum_i delta[i] [t(i, k*(i)) = j]
+#   -- the delta of each window goes to its winner; overlapping windows add
+#   up. This is the scatter (46) of the terms c_k[i] = [k*(i) = k] delta[i].
 #
-#   Residuals: k*(o) as a flat window offset, one small int per output
-#   element (int8 up to 128 taps). Neither x nor y is kept.
+#   Residuals: k*(i) as a flat tap offset, one small int per output element
+#   (int8 up to 128 taps). Neither x nor y is kept.
 #
-#   Second order (45): the backward is linear in g with integer data k*, so
-#   differentiating it again is exact; _fwd calls the primal itself so that a
-#   second differentiation of y also goes through this rule.
+#   Second order (45): the backward is linear in delta with integer data k*,
+#   so differentiating it again is exact; _fwd calls the primal itself so that
+#   a second differentiation of y also goes through this rule.
 # ----------------------------------------------------------------------------
 
 
@@ -446,10 +447,10 @@ def max_unpool(x, indices, spatial_shape):
 
   The inverse of :func:`max_pool_with_indices` (PyTorch's ``max_unpool``, in
   any number of dimensions, eq. (48)): the output is zero except
-  ``out[..., indices[o], c] = x[..., o, c]`` in the flattened spatial axes.
+  ``u[..., indices[i], c] = x[..., i, c]`` in the flattened spatial axes.
   Indices outside ``[0, prod(spatial_shape))`` are dropped. When two windows
   share a winner both carry the same value; which write lands is unspecified
-  for other inputs. The gradient is the gather ``dx[o] = g[indices[o]]``
+  for other inputs. The gradient is the gather ``dE/dx[i] = dE/du[indices[i]]``
   (:func:`max_unpool_grad`), as in PyTorch.
 
   Args:
@@ -479,7 +480,9 @@ def max_unpool(x, indices, spatial_shape):
 
 
 def max_unpool_grad(cotangent, indices, spatial_shape):
-  """The input gradient of :func:`max_unpool`: eq. (48), ``dx[o] = g[idx[o]]``.
+  """The input gradient of :func:`max_unpool`, eq. (48): a gather.
+
+  ``dE/dx[i] = cotangent[indices[i]]`` per batch element and feature.
 
   Args:
     cotangent: cotangent of the unpooled output, ``(batch..., *spatial_shape,
@@ -538,11 +541,12 @@ def _unpool_spatial_shape(spatial_shape, ndim):
 # ----------------------------------------------------------------------------
 # Rule: max unpooling, eq. (48).
 #
-#   Forward: u[b, indices[b, o, c], c] = x[b, o, c], zero elsewhere.
-#   Backward: u is linear in x and du[j]/dx[o] = [indices[o] = j], so
-#       dx[b, o, c] = g[b, indices[b, o, c], c]
-#   -- a gather. Every window receives the cotangent of its position, also
-#   when several windows share it (PyTorch does the same).
+#   Forward: u[b, iota[b, i, c], c] = x[b, i, c], zero elsewhere (iota: the
+#   indices of (47)).
+#   Backward: u is linear in x and du[j]/dx[i] = [iota[i] = j], so
+#       dE/dx[b, i, c] = dE/du[b, iota[b, i, c], c]
+#   -- a gather. Every window receives the delta of its position, also when
+#   several windows share it (PyTorch does the same).
 #   Residuals: the indices.
 # ----------------------------------------------------------------------------
 
@@ -583,7 +587,7 @@ def scatter_to_unpooled(x, indices, spatial_shape):
 
 @jax.jit
 def gather_from_unpooled(cotangent, indices):
-  """Eq. (48), backward: ``dx[b, o, c] = g[b, indices[b, o, c], c]``.
+  """Eq. (48), backward: ``dE/dx[b, i, c] = cotangent[b, indices[b, i, c], c]``.
 
   Args:
     cotangent: ``(batch, size, features)``.
@@ -605,13 +609,13 @@ def avg_pool(x, window_shape, strides=None, padding="VALID",
              count_include_pad=True, *, ceil_mode=False, divisor_override=None):
   """Average pooling with PyTorch's divisor rules (eqs. (38), (39)).
 
-  ``y[o] = (1 / D[o]) * sum of the real taps of window o``. The divisor
-  ``D[o]`` is the number of taps inside the declared padding when
+  ``y[i] = (1 / D[i]) * sum of the real taps of window i``. The divisor
+  ``D[i]`` is the number of taps inside the declared padding when
   ``count_include_pad`` (Flax's and PyTorch's default), the number of real
   taps otherwise, or ``divisor_override``. Taps of the ceil-mode overhang
   beyond the padding are never counted. A window made of padding only
   outputs 0 with zero gradient, also with ``count_include_pad=False``. The
-  gradient spreads ``g[o] / D[o]`` over the real taps of the window
+  gradient spreads ``delta[i] / D[i]`` over the real taps of the window
   (eq. (40)); the backward keeps nothing but the static geometry.
 
   Args:
@@ -649,7 +653,8 @@ def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
                   divisor_override=None):
   """The input gradient of :func:`avg_pool`: eq. (40).
 
-  ``dx[i] = sum over windows o with a tap at i of cotangent[o] / D[o]``.
+  ``dE/dx[j] = sum over the windows i with a tap at j of delta[i] / D[i]``,
+  with ``delta`` the cotangent.
   Linear in the cotangent; it does not depend on the values of ``x``.
 
   Args:
@@ -680,19 +685,19 @@ def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
 # ----------------------------------------------------------------------------
 # Rule: average pooling.
 #
-#   Forward (38): y[o] = (1 / D[o]) sum_{k real} x[t(o, k)], with D[o] from
-#   (39): taps inside [-lo, n + hi) (count_include_pad), taps inside [0, n)
-#   (not), or the override -- a product of per-dimension counts, so a static
-#   table. A window with no counted tap has an empty sum; D = 1 there keeps
-#   it at 0 instead of 0/0.
+#   Forward (38): y[i] = (1 / D[i]) sum over real taps k of x[t(i, k)], with
+#   D[i] from (39): taps inside [-lo, N + hi) (count_include_pad), taps
+#   inside [0, N) (not), or the override -- a product of per-dimension
+#   counts, so a static table. A window with no counted tap has an empty sum;
+#   D = 1 there keeps it at 0 instead of 0/0.
 #
-#   Backward (40): dy[o]/dx[i] = 1 / D[o] for every real tap t(o, k) = i, so
-#       dx[i] = sum_{(o, k): t(o, k) = i} g[o] / D[o]
-#   -- the scatter (46) of the same term g / D for every offset k; padding
-#   taps fall outside the input and are dropped.
+#   Backward (40): dy[i]/dx[j] = 1 / D[i] for every real tap t(i, k) = j, so
+#       dE/dx[j] = sum over (i, k) with t(i, k) = j of delta[i] / D[i]
+#   -- the scatter (46) of the same term c_k[i] = delta[i] / D[i] for every
+#   tap k; padding taps fall outside the input and are dropped.
 #
 #   Residuals: none (the divisor table is a function of the static geometry).
-#   Second order (45): the backward is linear in g and constant in x.
+#   Second order (45): the backward is linear in delta and constant in x.
 # ----------------------------------------------------------------------------
 
 
@@ -718,7 +723,7 @@ _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 def average_divisors(geometry: PoolGeometry, count_include_pad: bool,
                      divisor_override):
-  """The divisor ``D[o]`` of eq. (39) as a static float64 NumPy table.
+  """The divisor ``D[i]`` of eq. (39) as a static float64 NumPy table.
 
   Returns a scalar when all windows share it; windows with no counted tap get
   1 (their sum is empty, so their output and gradient are 0).
@@ -744,7 +749,7 @@ def _divisors_like(geometry, count_include_pad, divisor_override, dtype):
                                              "divisor_override"))
 def window_average(x, geometry: PoolGeometry, count_include_pad: bool,
                    divisor_override):
-  """Eq. (38): the sum of each window's real taps divided by ``D[o]``.
+  """Eq. (38): the sum of each window's real taps divided by ``D[i]``.
 
   Args:
     x: canonical input ``(batch, *in_sizes, features)``.
@@ -770,7 +775,7 @@ def window_average(x, geometry: PoolGeometry, count_include_pad: bool,
                                              "divisor_override"))
 def spread_over_window(cotangent, geometry: PoolGeometry,
                        count_include_pad: bool, divisor_override):
-  """Eq. (40): every real tap of window o receives ``g[o] / D[o]``.
+  """Eq. (40): every real tap of window i receives ``delta[i] / D[i]``.
 
   Args:
     cotangent: canonical ``(batch, *out_sizes, features)``.
@@ -797,7 +802,7 @@ def spread_over_window(cotangent, geometry: PoolGeometry,
 
 def lp_pool(x, p, window_shape, strides=None, padding="VALID", *, dilation=1,
             ceil_mode=False):
-  """Lp-norm pooling: ``y[o] = (sum over real taps |x|^p)^(1/p)``, eq. (41).
+  """Lp-norm pooling: ``y[i] = (sum over real taps |x|^p)^(1/p)``, eq. (41).
 
   Any ``p > 0``; ``p = inf`` is ``max |x|`` (eq. (44)). Padding contributes
   zeros. Unlike PyTorch's ``lp_pool``, the absolute value is taken (no NaN
@@ -845,8 +850,8 @@ def lp_pool_grad(x, cotangent, p, window_shape, strides=None, padding="VALID",
                  *, dilation=1, ceil_mode=False):
   """The input gradient of :func:`lp_pool`: eqs. (42)-(44).
 
-  ``dx[i] = sum over windows o with a tap at i of g[o] sign(x[i])
-  (|x[i]| / y[o])^(p-1)``, 0 where ``x[i] = 0``; for ``p = inf`` the
+  ``dE/dx[j] = sum over the windows i with a tap at j of delta[i] sign(x[j])
+  (|x[j]| / y[i])^(p-1)``, 0 where ``x[j] = 0``; for ``p = inf`` the
   cotangent times the sign goes to the first maximum of ``|x|``.
 
   Args:
@@ -878,24 +883,26 @@ def lp_pool_grad(x, cotangent, p, window_shape, strides=None, padding="VALID",
 # ----------------------------------------------------------------------------
 # Rule: Lp pooling, finite p.
 #
-#   Forward (41): y[o] = (sum_{k real} |x[t(o, k)]|^p)^(1/p), evaluated as
-#       y[o] = m[o] (sum_k (|x[t(o, k)]| / m[o])^p)^(1/p),  m[o] = max_k |x|,
+#   Forward (41): y[i] = (sum over real taps k of |x[t(i, k)]|^p)^(1/p),
+#   evaluated as
+#       y[i] = m[i] (sum_k (|x[t(i, k)]| / m[i])^p)^(1/p),  m[i] = max_k |x|,
 #   which is the same number without overflow (every ratio is <= 1).
 #
-#   Backward (42): differentiating the sum,
-#       dy[o]/dx[i] = (1/p) y^(1-p) * p |x_i|^(p-1) sign(x_i)
-#                   = sign(x_i) (|x_i| / y[o])^(p-1),
-#   so dx[i] = sum_{(o, k): t(o, k) = i} g[o] sign(x_i) (|x_i| / y[o])^(p-1),
-#   the scatter (46) of one term per offset. Since |x_i| <= y[o], the ratio
-#   is at most 1 and the power cannot overflow for p >= 1.
-#   (43): where x_i = 0 the term is 0 (the subgradient at 0; for p > 1 the
-#   limit). An all-zero window has y = 0 and only zero taps, so its gradient
-#   is 0, not 0/0. Both divisions are guarded on both sides of `where`, so
-#   differentiating the backward again stays finite.
+#   Backward (42): differentiating S = sum_k |x_k|^p and then S^(1/p),
+#       dy[i]/dx[j] = (1/p) S^(1/p - 1) * p |x[j]|^(p-1) sign(x[j])
+#                   = sign(x[j]) (|x[j]| / y[i])^(p-1),
+#   so dE/dx[j] = sum over (i, k) with t(i, k) = j of
+#                 delta[i] sign(x[j]) (|x[j]| / y[i])^(p-1),
+#   the scatter (46) of one term per tap. Since |x[j]| <= y[i], the ratio is
+#   at most 1 and the power cannot overflow for p >= 1.
+#   (43): where x[j] = 0 the term is 0 (the derivative for p > 1, a
+#   subgradient for p = 1). An all-zero window has y = 0 and only zero taps,
+#   so its gradient is 0, not 0/0. Both divisions are guarded on both sides
+#   of `where`, so differentiating the backward again stays finite.
 #
 #   Residuals: x and y.
-#   Second order (45): the backward is a smooth function of (g, x, y) away
-#   from x = 0; it is differentiated by autodiff, and _fwd obtains y from the
+#   Second order (45): the backward is smooth in (delta, x, y) away from
+#   x = 0; it is differentiated by autodiff, and _fwd obtains y from the
 #   primal itself so that dy/dx also uses this rule.
 # ----------------------------------------------------------------------------
 
@@ -984,14 +991,15 @@ def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
 # ----------------------------------------------------------------------------
 # Rule: Lp pooling, p = inf.
 #
-#   Forward (44): y[o] = max_k |x[t(o, k)]|, with the first winner k*(o) of
-#   |x| in row-major order as in (34), (35); padding is |0| = 0.
-#   Backward (44): locally y[o] = sign(x_w) x_w at the winner w, so
-#       dx[i] = sum_o g[o] sign(x_i) [t(o, k*(o)) = i]
-#   -- eq. (36) applied to the cotangent g * sign(x_w). An all-zero window
-#   has sign 0: gradient 0.
+#   Forward (44): y[i] = max over real taps k of |x[t(i, k)]|, with the first
+#   winner k*(i) of |x| in row-major order as in (34), (35); padding is
+#   |0| = 0.
+#   Backward (44): locally y[i] = sign(x[w]) x[w] at the winner w, so
+#       dE/dx[j] = sum_i delta[i] sign(x[j]) [t(i, k*(i)) = j]
+#   -- eq. (36) applied to the delta times the winner's sign. An all-zero
+#   window has sign 0: gradient 0.
 #
-#   Residuals: k*(o) (small int) and sign(x_w) per output element.
+#   Residuals: k*(i) (small int) and the winner's sign per output element.
 # ----------------------------------------------------------------------------
 
 

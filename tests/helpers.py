@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# Property-based sweeps draw examples(n) cases; JAXCONV_TEST_SCALE=10 pytest
+# runs ten times as many (the default keeps the suite to a few minutes).
+_SCALE = float(os.environ.get("JAXCONV_TEST_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+  """The number of hypothesis examples for a sweep whose default is ``n``."""
+  return max(1, int(round(n * _SCALE)))
 
 # max |err| / max(1, max |ref|) against a float64 reference (testing notes).
 TOLERANCE = {

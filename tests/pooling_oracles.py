@@ -38,7 +38,7 @@ def unique_values(shape, seed=0, dtype=np.float64, shift=0.0, scale=1.0):
 
 
 # ----------------------------------------------------------------------------
-# Geometry, re-derived (PyTorch's pooling_output_shape_pad_lr).
+# Geometry, re-derived.
 # ----------------------------------------------------------------------------
 
 
@@ -61,12 +61,22 @@ def resolve_padding(padding, in_sizes, window, strides, dilation):
 
 
 def output_size(n, lo, hi, k, s, d, ceil_mode):
+  """Windows counted one by one.
+
+  Floor mode: the windows lying inside the padded line. Ceil mode adds one
+  partial window if the complete ones leave positions uncovered at the end
+  and it starts before the right padding. This is PyTorch's rule wherever
+  PyTorch accepts the padding (at most half the window).
+  """
   extent = d * (k - 1) + 1
-  numerator = n + lo + hi - extent + (s - 1 if ceil_mode else 0)
-  out = numerator // s + 1
-  if ceil_mode and (out - 1) * s >= n + lo:
-    out -= 1
-  return out
+  padded = n + lo + hi
+  count = 0
+  while count * s + extent <= padded:
+    count += 1
+  uncovered = padded > (count - 1) * s + extent
+  if ceil_mode and uncovered and count * s < n + lo:
+    count += 1
+  return count
 
 
 def output_sizes(in_sizes, window, strides, dilation, pairs, ceil_mode):

@@ -21,7 +21,7 @@ from jax import lax
 
 import jaxconv
 from jaxconv import reference
-from tests.helpers import TOLERANCE, assert_close, scaled_error
+from tests.helpers import TOLERANCE, assert_close, examples, scaled_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,19 +118,19 @@ def compare_with_lax(case, dtype, seed=0):
   assert_close(rhs_grad, ref_rhs_grad, dtype, "kernel gradient")
 
 
-@hypothesis.settings(max_examples=80, deadline=None)
+@hypothesis.settings(max_examples=examples(40), deadline=None)
 @hypothesis.given(case=conv_cases())
 def test_matches_lax_float64(case):
   compare_with_lax(case, jnp.float64)
 
 
-@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.settings(max_examples=examples(15), deadline=None)
 @hypothesis.given(case=conv_cases(max_rank=2))
 def test_matches_lax_float32(case):
   compare_with_lax(case, jnp.float32)
 
 
-@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.settings(max_examples=examples(20), deadline=None)
 @hypothesis.given(case=conv_cases())
 def test_matches_reference(case):
   """The literal equations (scatter-form input gradient) agree."""
@@ -319,7 +319,7 @@ def test_scaled_error_is_not_vacuous():
 # Every algorithm against the same oracles (the default sweep above runs
 # "auto"; here each one is forced for every convolution it supports).
 @pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot"])
-@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.settings(max_examples=examples(8), deadline=None)
 @hypothesis.given(case=conv_cases())
 def test_each_algorithm_matches_lax(algorithm, case):
   with jaxconv.use_algorithm(algorithm):

@@ -6,7 +6,7 @@ Oracles, as for the convolution (see /work/shared/notes/testing.md):
 2. finite differences to second order (``check_grads``, reverse mode only);
 3. hand-computed cases (the seeds' E = 1/2 sum (t - y)^2);
 4. teeth: the comparison used in 1 fails when one gradient formula is wrong.
-Errors are measured as max |err| / max(1, max |ref|).
+Errors are measured as max |err| / max(1, max |ref|) (tests/helpers.py).
 """
 
 import jax
@@ -18,13 +18,8 @@ from jax.test_util import check_grads
 
 import jaxconv
 from jaxconv import layers
+from tests.helpers import assert_close, scaled_error
 
-TOLERANCE = {
-    jnp.float64: 1e-10,
-    jnp.float32: 1e-5,
-    jnp.float16: 2e-3,
-    jnp.bfloat16: 1.6e-2,
-}
 DTYPES = [jnp.float64, jnp.float32, jnp.bfloat16]
 
 
@@ -77,16 +72,6 @@ def sample(shapes, seed=0, scale=2.0):
   return args
 
 
-def relative_error(actual, expected):
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  if actual.size == 0:
-    return 0.0
-  scale = max(1.0, float(np.max(np.abs(expected))))
-  return float(np.max(np.abs(actual - expected))) / scale
-
-
 def assert_matches_reference(function, reference, args, dtype, seed=1):
   """Forward and every gradient of ``function`` in ``dtype`` against
   ``jax.vjp`` of ``reference`` in float64, at the same (rounded) values."""
@@ -99,14 +84,10 @@ def assert_matches_reference(function, reference, args, dtype, seed=1):
       np.random.default_rng(seed).normal(size=out.shape) + 1.0, dtype)
   grads = vjp(cotangent)
   ref_grads = ref_vjp(cotangent.astype(jnp.float64))
-  tol = TOLERANCE[dtype]
-  error = relative_error(out, ref_out)
-  assert error <= tol, f"forward: error {error:.3g} > {tol:.3g}"
+  assert_close(out, ref_out, dtype, "forward")
   for index, (grad, ref_grad, arg) in enumerate(zip(grads, ref_grads, low)):
     assert grad.dtype == arg.dtype, (index, grad.dtype, arg.dtype)
-    error = relative_error(grad, ref_grad)
-    assert error <= tol, (f"gradient of argument {index}: error {error:.3g} "
-                          f"> {tol:.3g}")
+    assert_close(grad, ref_grad, dtype, f"gradient of argument {index}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
@@ -133,7 +114,7 @@ def test_matches_autodiff_under_jit_and_second_order(name):
 
   for got, want in zip(second_order(function)(*args),
                        second_order(reference)(*args)):
-    assert relative_error(got, want) <= 1e-10
+    assert scaled_error(got, want) <= 1e-10
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -147,10 +128,10 @@ def test_dense_without_bias():
   x, w = sample([(3, 4), (4, 2)])
   out, vjp = jax.vjp(jaxconv.dense, x, w)
   ref_out, ref_vjp = jax.vjp(lambda x, w: x @ w, x, w)
-  assert relative_error(out, ref_out) <= 1e-10
+  assert scaled_error(out, ref_out) <= 1e-10
   cotangent = jnp.ones_like(out)
   for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
-    assert relative_error(got, want) <= 1e-10
+    assert scaled_error(got, want) <= 1e-10
 
 
 def test_per_example_gradients_under_vmap():
@@ -164,7 +145,7 @@ def test_per_example_gradients_under_vmap():
   want = jax.vmap(jax.grad(lambda w, b, x: loss(w, b, x, reference_dense),
                            argnums=(0, 1)), in_axes=(None, None, 0))(w, b, x)
   for g, r in zip(got, want):
-    assert relative_error(g, r) <= 1e-10
+    assert scaled_error(g, r) <= 1e-10
 
 
 # --- Edge cases. -------------------------------------------------------------

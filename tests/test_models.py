@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from jaxconv import layers, models
+from tests.helpers import scaled_error
 
 INPUT_SHAPES = {"mnist1d_cnn": (6, 40), "lenet": (6, 8, 8, 1)}
-
-
-def relative_error(actual, expected):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  return np.max(np.abs(actual - expected)) / max(1.0, np.max(np.abs(expected)))
 
 
 def setup(name, seed=0):
@@ -33,7 +29,7 @@ def gradients(model, params, x, labels, grad):
 
 
 def assert_trees_close(got, want, tol):
-  errors = jax.tree.map(relative_error, got, want)
+  errors = jax.tree.map(scaled_error, got, want)
   worst = max(jax.tree.leaves(errors))
   assert worst <= tol, errors
 
@@ -59,7 +55,7 @@ def test_the_custom_network_runs_the_hand_written_rules(monkeypatch):
   autodiff = gradients(model, params, x, labels, "autodiff")
   monkeypatch.setattr(layers, "relu_grad", lambda cotangent, y: cotangent)
   custom = gradients(model, params, x, labels, "custom")
-  errors = jax.tree.map(relative_error, custom, autodiff)
+  errors = jax.tree.map(scaled_error, custom, autodiff)
   assert errors[0]["conv1"]["w"] > 1e-2
 
 

@@ -78,11 +78,18 @@ def test_scatter_is_the_transpose_of_the_gather(geometry_args):
   x = jnp.asarray(rng.normal(size=(2,) + geometry.in_sizes + (3,)))
   terms = [jnp.asarray(rng.normal(size=(2,) + geometry.out_sizes + (3,)))
            for _ in geometry.offsets]
-  padded = windows.pad_to_covered(x, geometry, 0.0)
-  gathered = sum(jnp.vdot(windows.window_view(padded, geometry, k), t)
-                 for k, t in zip(geometry.offsets, terms))
-  scattered = windows.scatter_to_input(lambda flat, offset: terms[flat],
-                                       geometry, 2, 3, x.dtype)
+
+
+  @jax.jit
+  def both(x, terms):
+    padded = windows.pad_to_covered(x, geometry, 0.0)
+    gathered = sum(jnp.vdot(windows.window_view(padded, geometry, k), t)
+                   for k, t in zip(geometry.offsets, terms))
+    scattered = windows.scatter_to_input(lambda flat, offset: terms[flat],
+                                         geometry, 2, 3, x.dtype)
+    return gathered, scattered
+
+  gathered, scattered = both(x, terms)
   np.testing.assert_allclose(jnp.vdot(x, scattered), gathered, rtol=1e-12)
   # And against a loop over the tap table.
   expected = np.zeros(x.shape)

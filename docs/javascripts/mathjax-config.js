@@ -15,10 +15,10 @@ window.MathJax = {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",
   },
-  chtml: {
-    // Served from docs/javascripts/mathjax/output/chtml/fonts/woff-v2.
-    fontURL: new URL("mathjax/output/chtml/fonts/woff-v2",
-                     document.currentScript.src).href,
+  svg: {
+    // Glyphs are drawn as SVG paths: no web fonts to fetch, which also works
+    // for a site opened straight from the disk (file://).
+    fontCache: "global",
   },
 };
 
