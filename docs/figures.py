@@ -2,7 +2,7 @@
 
     python docs/figures.py                 # every figure, into docs/figures/
     python docs/figures.py --only pooling  # one of them
-    python docs/figures.py --results experiments/results/mnist1d-compare/results.json
+    python docs/figures.py --results PATH  # training curves from that JSON
 
 Nothing here is drawn by hand: every number and every highlighted cell comes
 from a jaxconv function (or from ``jaxconv.reference``, the literal
@@ -49,8 +49,8 @@ jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = Path(__file__).resolve().parent / "figures"
-RESULTS = [ROOT / "experiments" / "results" / "mnist1d-compare" / "results.json",
-           ROOT / "experiments" / "results" / "mnist1d" / "results.json"]
+RESULTS = [ROOT / "experiments" / "results" / name / "results.json"
+           for name in ("mnist1d-compare", "mnist1d")]
 
 # One colour per kernel weight, reused in every figure.
 WEIGHT_COLOURS = ["#f4a582", "#92c5de", "#b8e186", "#d5a6e6",
@@ -95,7 +95,7 @@ def _grid(ax, texts, colours=None, title=None, fontsize=11, edges=None):
 
 
 def _outline(ax, rows, top, left, height, width, colour=HIGHLIGHT, lw=2.5):
-  """Outlines a block of cells of a grid drawn by ``_grid`` with ``rows`` rows."""
+  """Outlines a block of cells of a ``_grid`` drawing with ``rows`` rows."""
   ax.add_patch(Rectangle((left, rows - top - height), width, height,
                          fill=False, edgecolor=colour, linewidth=lw))
 
@@ -109,8 +109,8 @@ def _check(name: str, ours, library, tolerance=1e-10):
   difference = float(np.max(np.abs(np.asarray(ours) - np.asarray(library))))
   if difference > tolerance:
     raise RuntimeError(
-        f"{name}: the figure's numbers differ from jaxconv's by {difference:g}; "
-        f"not drawing a wrong figure.")
+        f"{name}: the figure's numbers differ from jaxconv's by "
+        f"{difference:g}; not drawing a wrong figure.")
 
 
 def _tied_pairs(input_shape, kernel_shape, stride=1):
@@ -151,14 +151,16 @@ def sliding_window() -> Path:
   ours = [sum(v.ravel()[j] * w.ravel()[q] for q, j in p) for p in pairs]
   _check("sliding window", ours, np.asarray(library).ravel())
 
-  fig, axes = plt.subplots(1, 5, figsize=(15, 3.6),
-                           gridspec_kw={"width_ratios": [2, 3, 3, 3, 3]})
+  fig, axes = plt.subplots(2, 3, figsize=(9.5, 7.2),
+                           gridspec_kw={"width_ratios": [2, 3, 3]})
   kernel_names = np.array([f"W{q + 1}" for q in range(4)]).reshape(2, 2)
-  _grid(axes[0], kernel_names,
+  _grid(axes[0, 0], kernel_names,
         colours=np.array(WEIGHT_COLOURS[:4]).reshape(2, 2),
-        title="kernel: 4 shared weights")
-  for g, ax in enumerate(axes[1:]):
-    texts = np.array([f"V{v + 1}" for v in range(9)], dtype=object).reshape(3, 3)
+        title="the kernel:\n4 shared weights")
+  axes[1, 0].axis("off")
+  for g, ax in enumerate([axes[0, 1], axes[0, 2], axes[1, 1], axes[1, 2]]):
+    texts = np.array([f"V{v + 1}" for v in range(9)],
+                     dtype=object).reshape(3, 3)
     colours = np.full((3, 3), GREY, dtype=object)
     for q, v in pairs[g]:
       r, c = divmod(v, 3)
@@ -172,7 +174,7 @@ def sliding_window() -> Path:
     ax.set_title(f"{lhs} = " + " + ".join(terms[:2]) + "\n+ "
                  + " + ".join(terms[2:]), fontsize=10)
   fig.suptitle("The sliding window: every output G reads a 2×2 patch of the "
-               "input through the same weights W1…W4 (eq. 5)", fontsize=11)
+               "input\nthrough the same weights W1…W4 (eq. 5)", fontsize=12)
   return _save(fig, "sliding-window.png")
 
 
@@ -194,9 +196,10 @@ def weight_gradient() -> Path:
       ours[q] += delta.ravel()[g] * v.ravel()[j]
   _check("weight gradient", ours, np.asarray(library).ravel())
 
-  fig, axes = plt.subplots(1, 4, figsize=(16, 4.6))
-  for q, ax in enumerate(axes):
-    texts = np.array([f"V{j + 1}" for j in range(9)], dtype=object).reshape(3, 3)
+  fig, axes = plt.subplots(2, 2, figsize=(8.5, 9.0))
+  for q, ax in enumerate(axes.ravel()):
+    texts = np.array([f"V{j + 1}" for j in range(9)],
+                     dtype=object).reshape(3, 3)
     colours = np.full((3, 3), GREY, dtype=object)
     for g, p in enumerate(pairs):
       for qq, j in p:
@@ -209,9 +212,9 @@ def weight_gradient() -> Path:
     terms = rhs.split(" + ")
     ax.set_title(f"{lhs} =\n" + " + ".join(terms[:2]) + " +\n"
                  + " + ".join(terms[2:]), fontsize=9.5)
-  fig.suptitle("The weight gradient: each weight sums, over the four outputs, "
+  fig.suptitle("The weight gradient: each weight sums, over the four outputs,\n"
                "the input it touched times that output's delta (eq. 9)",
-               fontsize=11)
+               fontsize=12)
   return _save(fig, "weight-gradient.png")
 
 
@@ -241,9 +244,13 @@ def input_gradient() -> Path:
   _check("input gradient (reference, scatter form of eq. 12)", result,
          scatter[0, 0])
 
-  fig, axes = plt.subplots(1, 5, figsize=(17, 4.6),
-                           gridspec_kw={"width_ratios": [2, 3, 7, 3, 5]})
-  _grid(axes[0], np.vectorize(_number)(delta), title="1. delta δ = ∂E/∂y\n(2×2)")
+  fig = plt.figure(figsize=(10, 9.2))
+  layout = fig.add_gridspec(2, 3, width_ratios=[2, 3, 7], height_ratios=[7, 5])
+  axes = [fig.add_subplot(layout[0, 0]), fig.add_subplot(layout[0, 1]),
+          fig.add_subplot(layout[0, 2]), fig.add_subplot(layout[1, 0:2]),
+          fig.add_subplot(layout[1, 2])]
+  _grid(axes[0], np.vectorize(_number)(delta),
+        title="1. delta δ = ∂E/∂y\n(2×2)")
   spread_colours = np.where(spread != 0, "#fddbc7", "white").tolist()
   _grid(axes[1], np.vectorize(_number)(spread), spread_colours,
         title=f"2. spread on the stride grid\n(stride {stride}, eq. 13)")
@@ -257,12 +264,13 @@ def input_gradient() -> Path:
   _grid(axes[3], np.vectorize(_number)(rotated),
         np.full((3, 3), "#d1e5f0", dtype=object),
         title="4. the kernel rotated by 180°\n(w = 1…9 row by row)")
-  _grid(axes[4], np.vectorize(_number)(result), title="5. correlation of 3 with 4"
-        "\n= ∂E/∂x (eq. 14), as jaxconv.conv_input_grad")
+  _grid(axes[4], np.vectorize(_number)(result),
+        title="5. correlation of 3 with 4\n= ∂E/∂x (eq. 14), as "
+        "jaxconv.conv_input_grad")
   _outline(axes[4], input_size, 1, 2, 1, 1)
   fig.suptitle("The input gradient of a stride-2 convolution (5×5 input, 3×3 "
-               "kernel): the delta, dilated by the stride, fully convolved "
-               "with the rotated kernel", fontsize=11, y=1.07)
+               "kernel):\nthe delta, dilated by the stride, fully convolved "
+               "with the rotated kernel", fontsize=12)
   return _save(fig, "input-gradient.png")
 
 
@@ -293,7 +301,8 @@ def pooling() -> Path:
     _check(f"{kind} pooling gradient", ours, grad)
     rows.append((kind, pooled, grad))
 
-  fig, axes = plt.subplots(2, 4, figsize=(14, 7.6))
+  fig, axes = plt.subplots(2, 4, figsize=(10, 6.6),
+                           gridspec_kw={"width_ratios": [4, 2, 2, 4]})
   window_colours = np.array([["#fde0dd", "#fde0dd", "#deebf7", "#deebf7"],
                              ["#fde0dd", "#fde0dd", "#deebf7", "#deebf7"],
                              ["#e5f5e0", "#e5f5e0", "#fff7bc", "#fff7bc"],
@@ -304,7 +313,7 @@ def pooling() -> Path:
   for row, (kind, pooled, grad) in enumerate(rows):
     ax = axes[row]
     _grid(ax[0], np.vectorize(_number)(x), window_colours,
-          title=f"input x, 2×2 windows, stride 2")
+          title="input x\n(2×2 windows, stride 2)")
     if kind == "max":
       for i in range(2):
         for j in range(2):
@@ -312,13 +321,13 @@ def pooling() -> Path:
           r, c = np.unravel_index(np.argmax(window), (2, 2))
           _outline(ax[0], 4, 2 * i + r, 2 * j + c, 1, 1)
     _grid(ax[1], np.vectorize(_number)(pooled), pooled_colours,
-          title=f"{kind} pool P")
+          title=f"{kind} pool\nP")
     _grid(ax[2], np.vectorize(_number)(upstream), pooled_colours,
-          title="incoming delta ∂E/∂P")
+          title="incoming\ndelta ∂E/∂P")
     grad_colours = np.where(grad != 0, window_colours, "white").tolist()
     _grid(ax[3], np.vectorize(_number)(grad), grad_colours,
-          title="∂E/∂x, from jax.vjp of jaxconv."
-          + ("max_pool" if kind == "max" else "avg_pool"))
+          title="∂E/∂x\n(jax.vjp of jaxconv."
+          + ("max_pool)" if kind == "max" else "avg_pool)"))
     if kind == "max":
       for i in range(2):
         for j in range(2):
@@ -357,7 +366,8 @@ def _smooth(values, window: int):
 
 
 def training_curves(path: Path | None) -> Path | None:
-  """Training loss, test accuracy and gradient differences, custom vs autodiff."""
+  """Training loss, test accuracy and gradient differences, custom rules
+  against autodiff."""
   found = find_results(path)
   if found is None:
     where = path or RESULTS[0].relative_to(ROOT)
@@ -371,7 +381,10 @@ def training_curves(path: Path | None) -> Path | None:
   steps = np.asarray(history["step"])
   window = max(1, len(steps) // 100)
 
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+  fig = plt.figure(figsize=(10, 8))
+  layout = fig.add_gridspec(2, 2)
+  axes = [fig.add_subplot(layout[0, :]), fig.add_subplot(layout[1, 0]),
+          fig.add_subplot(layout[1, 1])]
   styles = {"custom": dict(color="C0", lw=1.4, label="custom rules (jaxconv)"),
             "autodiff": dict(color="C1", lw=1.2, ls="--",
                              label="jax.grad of lax")}
@@ -400,7 +413,8 @@ def training_curves(path: Path | None) -> Path | None:
   fig.suptitle(f"MNIST-1D, {results.get('steps', len(steps))} steps: "
                f"{results.get('command', '')}", fontsize=10)
   fig.tight_layout()
-  print(f"read {found.relative_to(ROOT) if found.is_relative_to(ROOT) else found}")
+  shown = found.relative_to(ROOT) if found.is_relative_to(ROOT) else found
+  print(f"read {shown}")
   return _save(fig, "training-curves.png")
 
 

@@ -1,4 +1,4 @@
-"""A griffe extension: the reStructuredText bits of jaxconv's docstrings, in Markdown.
+"""A griffe extension: jaxconv's reStructuredText docstring bits, in Markdown.
 
 jaxconv's docstrings are Google style, with the math and the cross-references
 written as in optax and JAX: ``.. math::`` blocks, ``:math:`x``` and

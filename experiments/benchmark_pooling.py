@@ -9,8 +9,9 @@ machine noise hits every contender alike:
 
 for jaxconv, Flax (`flax.linen.max_pool`/`avg_pool`, i.e. `lax.reduce_window`
 differentiated by JAX: `SelectAndScatter` for max), and PyTorch on the CPU if
-it is importable. Every contender is warmed up first; each round blocks until
-the result is ready; the median over the rounds is reported in milliseconds,
+it is importable. Every contender is warmed up first; each round times one
+call of each (in an order rotated from round to round) and blocks until the
+result is ready; the median over the rounds is reported in milliseconds,
 with the ratio `reference / jaxconv` (above 1: jaxconv is faster).
 
 Usage:
@@ -88,7 +89,7 @@ def _jax_contenders(pool, x, cotangent):
 
 
 def _torch_contenders(kind, window, strides, padding, x, cotangent):
-  xt = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+  xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
   if kind == "max":
     pool = lambda t: torch.nn.functional.max_pool2d(t, window, strides,
                                                    padding)
@@ -97,7 +98,7 @@ def _torch_contenders(kind, window, strides, padding, x, cotangent):
                                                    padding)
   with torch.no_grad():
     out_shape = pool(xt).shape
-  gt = torch.from_numpy(np.asarray(cotangent)).permute(0, 3, 1, 2)
+  gt = torch.from_numpy(np.array(cotangent)).permute(0, 3, 1, 2)
   gt = gt[:, :, :out_shape[2], :out_shape[3]].contiguous()
 
   def forward():
@@ -127,10 +128,14 @@ def _time_interleaved(contenders, reps, warmup=2):
     for _ in range(warmup):
       _block(fn())
   times = {name: [] for name in contenders}
-  for _ in range(reps):
-    for name, fn in contenders.items():
+  names = list(contenders)
+  for round_index in range(reps):
+    # Rotate the order: whoever runs right after PyTorch's thread pool pays
+    # for it, so every contender takes that place equally often.
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
       start = time.perf_counter()
-      _block(fn())
+      _block(contenders[name]())
       times[name].append(time.perf_counter() - start)
   return {name: statistics.median(ts) for name, ts in times.items()}
 

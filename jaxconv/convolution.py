@@ -512,65 +512,70 @@ def make_conv_geometry(
   lhs_spec, rhs_spec, _ = dnums
   n = len(lhs_shape) - 2
   strides = _geometry.int_tuple(window_strides, n, name("window_strides"))
-  lhs_dil = _geometry.int_tuple(lhs_dilation, n, name("lhs_dilation"), default=1)
-  rhs_dil = _geometry.int_tuple(rhs_dilation, n, name("rhs_dilation"), default=1)
+  lhs_dil = _geometry.int_tuple(lhs_dilation, n, name("lhs_dilation"),
+                                default=1)
+  rhs_dil = _geometry.int_tuple(rhs_dilation, n, name("rhs_dilation"),
+                                default=1)
   kernel = _spatial(rhs_shape, rhs_spec)
   if any(k < 1 for k in kernel):
     raise ValueError(
-        f"`{name('rhs')}` spatial sizes must be positive, got {kernel} (rhs shape "
-        f"{rhs_shape}).")
+        f"`{name('rhs')}` spatial sizes must be positive, got {kernel} "
+        f"(shape {rhs_shape}).")
   in_sizes = _spatial(lhs_shape, lhs_spec)
   if isinstance(padding, str) and any(a != 1 for a in lhs_dil):
     raise ValueError(
-        f"`{name('padding')}` string {padding!r} is not defined together with "
-        f"`{name('lhs_dilation')}` {lhs_dil}; give explicit (lo, hi) pairs, or use "
-        f"`conv_transpose` for a fractionally strided convolution.")
-  if not isinstance(padding, str):
-    if not isinstance(padding, (Sequence, np.ndarray)) or any(
-        not isinstance(p, (Sequence, np.ndarray)) for p in padding):
-      raise TypeError(
-          f"`{name('padding')}` must be 'SAME', 'SAME_LOWER', 'VALID' or a sequence of "
-          f"{n} (lo, hi) pairs, got {padding!r}.")
+        f"`{name('padding')}` string {padding!r} is not defined together "
+        f"with `{name('lhs_dilation')}` {lhs_dil}; give explicit (lo, hi) "
+        f"pairs, or use `conv_transpose` for a fractionally strided "
+        f"convolution.")
+  if not isinstance(padding, str) and (
+      not isinstance(padding, (Sequence, np.ndarray))
+      or any(not isinstance(p, (Sequence, np.ndarray)) for p in padding)):
+    raise TypeError(
+        f"`{name('padding')}` must be 'SAME', 'SAME_LOWER', 'VALID' or a "
+        f"sequence of {n} (lo, hi) pairs, got {padding!r}.")
   windows = [_geometry.dilated_size(k, d) for k, d in zip(kernel, rhs_dil)]
   pads = _geometry.padding_pairs(padding, in_sizes, windows, strides,
                                  name=name("padding"))
-  groups = _geometry._as_int(feature_group_count, name("feature_group_count"))
-  batch_groups = _geometry._as_int(batch_group_count, "batch_group_count")
+  groups_name = name("feature_group_count")
+  batch_groups_name = name("batch_group_count")
+  groups = _geometry._as_int(feature_group_count, groups_name)
+  batch_groups = _geometry._as_int(batch_group_count, batch_groups_name)
   if groups < 1:
-    raise ValueError(f"`{name('feature_group_count')}` must be positive, got {groups}.")
+    raise ValueError(f"`{groups_name}` must be positive, got {groups}.")
   if batch_groups < 1:
     raise ValueError(
-        f"`{name('batch_group_count')}` must be positive, got {batch_groups}.")
+        f"`{batch_groups_name}` must be positive, got {batch_groups}.")
   if groups > 1 and batch_groups > 1:
     raise ValueError(
-        f"At most one of `{name('feature_group_count')}` ({groups}) and "
-        f"`{name('batch_group_count')}` ({batch_groups}) may exceed 1.")
+        f"At most one of `{groups_name}` ({groups}) and "
+        f"`{batch_groups_name}` ({batch_groups}) may exceed 1.")
   batch, in_features = lhs_shape[lhs_spec[0]], lhs_shape[lhs_spec[1]]
   out_features, kernel_in = rhs_shape[rhs_spec[0]], rhs_shape[rhs_spec[1]]
   if in_features % groups:
     raise ValueError(
-        f"`{name('feature_group_count')}` ({groups}) must divide the input features "
+        f"`{groups_name}` ({groups}) must divide the input features "
         f"({in_features}).")
   if kernel_in * groups != in_features:
     raise ValueError(
         f"`{name('rhs')}` input-feature size must be input features / "
-        f"feature_group_count = {in_features} / {groups} = "
-        f"{in_features // groups}, got {kernel_in} (rhs shape {rhs_shape}).")
+        f"{groups_name} = {in_features} / {groups} = "
+        f"{in_features // groups}, got {kernel_in} (shape {rhs_shape}).")
   if out_features % groups:
     raise ValueError(
-        f"`{name('feature_group_count')}` ({groups}) must divide the kernel's output "
+        f"`{groups_name}` ({groups}) must divide the kernel's output "
         f"features ({out_features}).")
   if batch % batch_groups:
     raise ValueError(
-        f"`{name('batch_group_count')}` ({batch_groups}) must divide the batch size "
+        f"`{batch_groups_name}` ({batch_groups}) must divide the batch size "
         f"({batch}).")
   if out_features % batch_groups:
     raise ValueError(
-        f"`{name('batch_group_count')}` ({batch_groups}) must divide the kernel's output "
-        f"features ({out_features}).")
+        f"`{batch_groups_name}` ({batch_groups}) must divide the kernel's "
+        f"output features ({out_features}).")
   if preferred_element_type is not None:
     preferred = np.dtype(preferred_element_type)
-    if not np.issubdtype(preferred, np.floating):
+    if not jnp.issubdtype(preferred, jnp.floating):
       raise TypeError(
           f"`{name('preferred_element_type')}` must be a floating dtype, got "
           f"{preferred}.")

@@ -1,10 +1,12 @@
-"""Write a small convolution and its gradients out in symbols, and check them.
+r"""Write a small convolution and its gradients out in symbols, and check them.
 
 Answers "is my hand derivation right?" for any small case::
 
     python -m jaxconv.explain --input 3x3 --kernel 2x2
-    python -m jaxconv.explain --input 4x4 --kernel 2x2 --stride 2 --padding 1 --grad W1 --grad V6
-    python -m jaxconv.explain --input 4x4 --kernel 3x3 --padding SAME --pool max 2x2
+    python -m jaxconv.explain --input 4x4 --kernel 2x2 --stride 2 --padding 1 \
+        --grad W1 --grad V6
+    python -m jaxconv.explain --input 4x4 --kernel 3x3 --padding SAME \
+        --pool max 2x2
 
 For one example with one channel it names the inputs ``V1, V2, ...``, the
 kernel weights ``W1, W2, ...`` and the outputs ``G1, G2, ...`` (row by row,
@@ -106,7 +108,8 @@ def _format_sum(terms: Sequence[_Term], upstream: str, factor: str,
   for u, coefficient, factors in groups:
     names = [_name(factor, f) for f in factors]
     product = names[0] if len(names) == 1 else "(" + " + ".join(names) + ")"
-    text = f"{symbols['d']}E/{symbols['d']}{_name(upstream, u)}{symbols['times']}{product}"
+    d, times = symbols["d"], symbols["times"]
+    text = f"{d}E/{d}{_name(upstream, u)}{times}{product}"
     if coefficient != 1:
       if coefficient.numerator == 1:
         text += f"/{coefficient.denominator}"
@@ -117,8 +120,8 @@ def _format_sum(terms: Sequence[_Term], upstream: str, factor: str,
 
 
 def _evaluate(terms: Sequence[_Term], upstream, factor) -> float:
-  return float(sum(float(t.coefficient) * upstream[t.upstream] * factor[t.factor]
-                   for t in terms))
+  return float(sum(float(t.coefficient) * upstream[t.upstream]
+                   * factor[t.factor] for t in terms))
 
 
 # ---------------------------------------------------------------------------
@@ -149,7 +152,8 @@ def _conv_wiring(input_shape, kernel_shape, stride, padding,
     raise ValueError(
         f"`input` and `kernel` must have the same number (>= 1) of spatial "
         f"dimensions, got input {input_shape} and kernel {kernel_shape}.")
-  if math.prod(input_shape) > MAX_INPUTS or math.prod(kernel_shape) > MAX_WEIGHTS:
+  if (math.prod(input_shape) > MAX_INPUTS
+      or math.prod(kernel_shape) > MAX_WEIGHTS):
     raise ValueError(
         f"explain writes out every product; it takes at most {MAX_INPUTS} "
         f"inputs and {MAX_WEIGHTS} weights, got input {input_shape} and "
@@ -257,7 +261,8 @@ def _conv_gradient_terms(wiring: _ConvWiring, variable: str,
   return terms
 
 
-def _pool_routing(pool: _PoolWiring, conv_values) -> list[list[tuple[int, fractions.Fraction]]]:
+def _pool_routing(pool: _PoolWiring,
+                  conv_values) -> list[list[tuple[int, fractions.Fraction]]]:
   """For each window ``p``: the ``(g, coefficient)`` with ``∂E/∂G_g`` gets
   ``coefficient * ∂E/∂P_p``. Average: every member, ``1/D_p``. Max: the first
   largest member, 1."""
@@ -272,7 +277,8 @@ def _pool_routing(pool: _PoolWiring, conv_values) -> list[list[tuple[int, fracti
 
 
 def _chained_terms(conv_terms: Sequence[_Term], routing) -> list[_Term]:
-  """Substitutes ``∂E/∂G_g = sum_p c_{p,g} ∂E/∂P_p`` into terms over ``∂E/∂G``."""
+  """Substitutes ``∂E/∂G_g = sum_p c_{p,g} ∂E/∂P_p`` into terms over
+  ``∂E/∂G``."""
   by_output: dict[int, list[_Term]] = {}
   for term in conv_terms:
     by_output.setdefault(term.upstream, []).append(term)
@@ -367,7 +373,8 @@ def _parse_variable(name: str, wiring: _ConvWiring) -> tuple[str, int]:
   if not 1 <= number <= count:
     what = "weights W1" if variable == "W" else "inputs V1"
     raise ValueError(
-        f"{name!r} does not exist: there are {count} {what}..{variable}{count}.")
+        f"{name!r} does not exist: there are {count} "
+        f"{what}..{variable}{count}.")
   return variable, number - 1
 
 
@@ -418,10 +425,10 @@ class Explanation:
 
 
 def _wrap(line: str) -> str:
-  """Wraps prose at 88 columns; equations (indented lines) stay whole."""
+  """Wraps prose at 76 columns; equations (indented lines) stay whole."""
   if line.startswith(" "):
     return line
-  return textwrap.fill(line, width=88, break_on_hyphens=False)
+  return textwrap.fill(line, width=76, break_on_hyphens=False)
 
 
 def _grid(names: Sequence[str], shape: Sequence[int]) -> list[str]:
@@ -433,7 +440,8 @@ def _grid(names: Sequence[str], shape: Sequence[int]) -> list[str]:
   return [" ".join(n.rjust(width) for n in row) for row in rows]
 
 
-def _padded_input_names(wiring: _ConvWiring) -> tuple[list[str], tuple[int, ...]]:
+def _padded_input_names(
+    wiring: _ConvWiring) -> tuple[list[str], tuple[int, ...]]:
   """Names of the padded (or cropped) input, ``0`` on padding."""
   ranges = [range(-lo, n + hi) for n, (lo, hi) in
             zip(wiring.input_shape, wiring.geometry.padding)]
@@ -479,6 +487,16 @@ def _grids(wiring: _ConvWiring, pool: _PoolWiring | None) -> list[str]:
 
 def _shape_text(shape) -> str:
   return "x".join(str(s) for s in shape)
+
+
+def _padding_text(padding) -> str:
+  """``VALID``, or ``lo:hi`` pairs as on the command line: ``1:1x0:1``."""
+  if isinstance(padding, str):
+    return padding
+  if isinstance(padding, (int, np.integer)):
+    return str(int(padding))
+  return "x".join(f"{p[0]}:{p[1]}" if isinstance(p, (tuple, list)) else str(p)
+                  for p in padding)
 
 
 def _sized(shape, what: str) -> str:
@@ -589,7 +607,8 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
   else:
     routing = _pool_routing(pool_wiring, conv_values)
     ours_output = np.asarray([
-        sum(float(c) * conv_values[g] for g, c in window) for window in routing])
+        sum(float(c) * conv_values[g] for g, c in window)
+        for window in routing])
 
   def terms_for(variable, index):
     terms = _conv_gradient_terms(wiring, variable, index)
@@ -610,13 +629,16 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
   header = [
       f"Convolution of {_sized(wiring.input_shape, 'input')} with "
       f"{_sized(wiring.kernel_shape, 'kernel')}: stride "
-      f"{geometry.window_strides}, padding {geometry.padding}, dilation "
-      f"{geometry.rhs_dilation}; output {_shape_text(wiring.output_shape)}."]
+      f"{_shape_text(geometry.window_strides)}, padding "
+      f"{_padding_text(geometry.padding)} (lo:hi per dimension), dilation "
+      f"{_shape_text(geometry.rhs_dilation)}; output "
+      f"{_shape_text(wiring.output_shape)}."]
   if pool_wiring is not None:
     header.append(
         f"Then {pool_wiring.kind} pooling: window "
-        f"{_shape_text(pool_wiring.window)}, stride {pool_wiring.strides}, "
-        f"padding {pool_wiring.padding!r}; output "
+        f"{_shape_text(pool_wiring.window)}, stride "
+        f"{_shape_text(pool_wiring.strides)}, padding "
+        f"{_padding_text(pool_wiring.padding)}; output "
         f"{_shape_text(pool_wiring.output_shape)}.")
   stages = "G: convolution outputs" + (", P: pooling outputs" if pool_wiring
                                         else "")
@@ -645,8 +667,8 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
     backward = [
         f"Backward: {d}E/{d}G is the delta of each output. A weight collects "
         f"the inputs it multiplied, each times the delta of that output "
-        f"(eq. 9); an input collects the weights that multiplied it, each "
-        f"times the delta of that output (eq. 12)."]
+        f"(eq.\u00a09); an input collects the weights that multiplied it, "
+        f"each times the delta of that output (eq.\u00a012)."]
   else:
     if pool_wiring.kind == "max":
       how = (f"each {d}E/{d}P goes to its window's winner; the winners are "
@@ -660,8 +682,9 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
     backward.append("  " + _gradient_line(
         variable, index, terms_for(variable, index), upstream_name, symbols))
 
-  checked = (f"{len(ours_output)} output{'s' if len(ours_output) != 1 else ''} and "
-             f"{v.size + w.size} gradients ({d}E/{d}V and {d}E/{d}W)")
+  plural = "s" if len(ours_output) != 1 else ""
+  checked = (f"{len(ours_output)} output{plural} and {v.size + w.size} "
+             f"gradients ({d}E/{d}V and {d}E/{d}W)")
   against = "jaxconv.conv_general_dilated"
   if pool_wiring is not None:
     against += f" + jaxconv.{pool_wiring.kind}_pool"
@@ -691,8 +714,9 @@ def _pool_backward_lines(pool: _PoolWiring, routing, outputs: int,
         f"Pooling backward: average pooling spreads each {d}E/{d}P evenly "
         f"over its window.")
     for g in range(outputs):
-      parts = [f"{d}E/{d}{_name('P', p)}" + (
-          "" if c == 1 else f"/{c.denominator}") for p, c in incoming.get(g, ())]
+      parts = [f"{d}E/{d}{_name('P', p)}"
+               + ("" if c == 1 else f"/{c.denominator}")
+               for p, c in incoming.get(g, ())]
       lines.append(f"  {d}E/{d}{_name('G', g)} = "
                    + (" + ".join(parts) if parts else "0"))
     return lines
@@ -701,8 +725,8 @@ def _pool_backward_lines(pool: _PoolWiring, routing, outputs: int,
       f"of its window (the first one, if several are equal); [Gg wins Pp] is "
       f"1 if it is, else 0.")
   for g in range(outputs):
-    parts = [f"[{_name('G', g)} wins {_name('P', p)}]{times}{d}E/{d}{_name('P', p)}"
-             for p, _ in incoming.get(g, ())]
+    parts = [f"[{_name('G', g)} wins {_name('P', p)}]{times}"
+             f"{d}E/{d}{_name('P', p)}" for p, _ in incoming.get(g, ())]
     lines.append(f"  {d}E/{d}{_name('G', g)} = "
                  + (" + ".join(parts) if parts else "0"))
   winners = ", ".join(f"{_name('G', window[0][0])} wins {_name('P', p)}"
@@ -768,25 +792,30 @@ def _build_parser() -> argparse.ArgumentParser:
       epilog="Example: python -m jaxconv.explain --input 3x3 --kernel 2x2 "
       "--grad W1 --grad V5")
   parser.add_argument("--input", required=True, type=_parse_shape,
-                      help="spatial shape of the input, e.g. 3x3 (or 5, or 3x3x3)")
+                      help="spatial shape of the input, e.g. 3x3 (or 5, or "
+                      "3x3x3)")
   parser.add_argument("--kernel", required=True, type=_parse_shape,
                       help="spatial shape of the kernel, e.g. 2x2")
   parser.add_argument("--stride", type=_parse_ints, default=1,
-                      help="an int or one per dimension, e.g. 2 or 2x1 (default 1)")
+                      help="an int or one per dimension, e.g. 2 or 2x1 "
+                      "(default 1)")
   parser.add_argument("--padding", type=_parse_padding, default="VALID",
-                      help="VALID (default), SAME, SAME_LOWER, an int, ints like "
-                      "1x0, or lo:hi pairs like 0:1x1:0")
+                      help="VALID (default), SAME, SAME_LOWER, an int, ints "
+                      "like 1x0, or lo:hi pairs like 0:1x1:0")
   parser.add_argument("--dilation", type=_parse_ints, default=1,
-                      help="kernel dilation, an int or one per dimension (default 1)")
+                      help="kernel dilation, an int or one per dimension "
+                      "(default 1)")
   parser.add_argument("--pool", nargs=2, metavar=("KIND", "WINDOW"),
-                      help="add a pooling stage: max or avg, and a window like 2x2")
+                      help="add a pooling stage: max or avg, and a window "
+                      "like 2x2")
   parser.add_argument("--pool-stride", type=_parse_ints, default=None,
                       help="pooling stride (default: the window)")
   parser.add_argument("--pool-padding", type=_parse_padding, default="VALID",
                       help="pooling padding, as --padding (default VALID)")
   parser.add_argument("--grad", action="append", metavar="NAME",
-                      help="a gradient to expand, like W1 or V5; repeat it, or "
-                      "say 'all' (default: every weight and the most-read input)")
+                      help="a gradient to expand, like W1 or V5; repeat it, "
+                      "or say 'all' (default: every weight and the most-read "
+                      "input)")
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the random numbers of the check")
   parser.add_argument("--ascii", action="store_true",
@@ -795,8 +824,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _can_print_unicode(stream) -> bool:
+  """False only for a stream whose declared encoding has no ``∂``."""
+  encoding = getattr(stream, "encoding", None)
+  if not encoding:
+    return True  # an in-memory text stream takes any str
   try:
-    "∂·".encode(getattr(stream, "encoding", None) or "ascii")
+    "∂·".encode(encoding)
   except (LookupError, UnicodeEncodeError):
     return False
   return True

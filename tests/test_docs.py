@@ -5,6 +5,8 @@ site builds with ``mkdocs build --strict``, and the examples on the pages run.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import inspect
 import re
 import subprocess
@@ -94,7 +96,8 @@ def test_every_nav_page_and_image_exists():
   for page in pages:
     assert (DOCS / page).is_file(), f"mkdocs.yml lists missing docs/{page}"
   for page in DOCS.glob("*.md"):
-    for image in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text("utf-8")):
+    text = page.read_text("utf-8")
+    for image in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
       assert (DOCS / image).is_file(), f"{page.name} shows missing {image}"
 
 
@@ -106,7 +109,7 @@ def test_mkdocs_build_strict(tmp_path):
       [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
        str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
       cwd=ROOT, capture_output=True, text=True, check=False,
-      env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+      env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
   assert result.returncode == 0, result.stderr[-4000:]
   api = (tmp_path / "site" / "api.html").read_text("utf-8")
   # The docstrings' reStructuredText was turned into Markdown.
@@ -128,36 +131,34 @@ def test_quickstart_runs():
   namespace: dict = {}
   with jax.enable_x64(False):
     for i, block in enumerate(_python_blocks("index.md")):
-      exec(compile(block, f"index.md block {i}", "exec"), namespace)  # noqa: S102
+      code = compile(block, f"index.md block {i}", "exec")
+      exec(code, namespace)  # noqa: S102 - the page's own example
 
 
-def test_explain_page_shows_the_real_output():
+def test_explain_page_shows_the_real_output(capsys):
   """Each ``$ python -m jaxconv.explain ...`` block on docs/explain.md is
   exactly what the command prints."""
   from jaxconv import explain
   text = (DOCS / "explain.md").read_text("utf-8")
-  blocks = re.findall(r"^```console\n\$ python -m jaxconv\.explain (.*?)\n(.*?)^```",
-                      text, re.M | re.S)
+  blocks = re.findall(
+      r"^```console\n\$ python -m jaxconv\.explain (.*?)\n(.*?)^```", text,
+      re.M | re.S)
   assert len(blocks) >= 3
   for arguments, shown in blocks:
-    capture = subprocess.run(
-        [sys.executable, "-m", "jaxconv.explain", *arguments.split()],
-        capture_output=True, text=True, encoding="utf-8", cwd=ROOT,
-        check=False)
-    assert capture.returncode == 0, capture.stderr
-    assert capture.stdout == shown, f"docs/explain.md is stale for: {arguments}"
-  del explain
+    capsys.readouterr()
+    assert explain.main(arguments.split()) == 0
+    assert capsys.readouterr().out == shown, (
+        f"docs/explain.md is stale for: {arguments}")
 
 
 def test_figures_script_draws_and_checks(tmp_path, monkeypatch):
   """docs/figures.py draws every library figure (each checked against
   jaxconv's gradients while drawing) into a scratch folder."""
   pytest.importorskip("matplotlib")
-  sys.path.insert(0, str(DOCS))
-  try:
-    figures = importlib.import_module("figures")
-  finally:
-    sys.path.remove(str(DOCS))
+  spec = importlib.util.spec_from_file_location("jaxconv_docs_figures",
+                                                DOCS / "figures.py")
+  figures = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(figures)
   monkeypatch.setattr(figures, "FIGURES", tmp_path)
   monkeypatch.setattr(figures, "ROOT", tmp_path.parent)
   for draw in figures.FIGURE_FUNCTIONS.values():

@@ -1,4 +1,4 @@
-"""`python -m jaxconv.explain`: the symbolic equations, and that its check bites."""
+"""`python -m jaxconv.explain`: the symbolic equations; its check bites."""
 
 from __future__ import annotations
 

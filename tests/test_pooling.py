@@ -8,7 +8,6 @@ test_pooling_teeth.py, and the private window machinery in
 test_pooling_windows.py.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -463,6 +462,16 @@ def test_gradient_functions_are_differentiable_in_the_cotangent():
   expected = jnp.take_along_axis(v.reshape(1, 25, 2),
                                  indices.reshape(1, 4, 2), 1).reshape(y.shape)
   np.testing.assert_array_equal(grad_g, expected)
+  # And the gradient functions agree with the rules' VJPs.
+  cotangent = jnp.asarray(oracles.unique_values(y.shape, seed=3))
+  for pool, grad in [
+      (lambda u: jaxconv.max_pool(u, (3, 3), 2),
+       lambda u, g: jaxconv.max_pool_grad(u, g, (3, 3), 2)),
+      (lambda u: jaxconv.lp_pool(u - 24.5, INF, (3, 3), 2),
+       lambda u, g: jaxconv.lp_pool_grad(u - 24.5, g, INF, (3, 3), 2)),
+  ]:
+    _, vjp = jax.vjp(pool, x)
+    np.testing.assert_array_equal(grad(x, cotangent), vjp(cotangent)[0])
 
 
 # ----------------------------------------------------------------------------
@@ -564,3 +573,13 @@ def test_unpool_gradient_is_the_gather_and_jits():
   # overlap); gradients flow through both.
   np.testing.assert_array_equal(jaxconv.max_pool(out, (2, 2), 2), y)
   check_grads(lambda v: unpool(v, indices), (y,), order=2, modes=("rev",))
+
+
+def test_compare_cli_pooling_cases_agree():
+  compare = pytest.importorskip("jaxconv.compare")
+  cases = [case for case in compare.CASES
+           if case.name.startswith(("max_pool 4x17", "lp_pool 4x28"))]
+  assert len(cases) == 2
+  for case in cases:
+    result = compare.compare_case(case, "float32", timing_repeats=0)
+    assert result["ok"], result

@@ -138,7 +138,7 @@ def test_bad_arguments_raise_at_the_boundary(f, error, message, mode):
 ])
 def test_non_floating_inputs_are_refused(pool, dtype):
   x = jnp.zeros((1, 5, 1), dtype)
-  expected = re.escape(f"real floating-point dtype") + ".*" + re.escape(
+  expected = re.escape("real floating-point dtype") + ".*" + re.escape(
       str(np.dtype(dtype)))
   for run in (lambda: pool(x), lambda: jax.jit(pool)(x),
               lambda: jax.eval_shape(pool, x)):

@@ -2,7 +2,6 @@
 tables, and the scatter as the exact transpose of the window gather."""
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
