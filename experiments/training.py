@@ -102,10 +102,9 @@ def _mesh(devices: int, batch_size: int) -> tuple[NamedSharding, NamedSharding]:
 def relative_difference(a, b) -> jax.Array:
   """Largest, over the leaves, of ``max |a - b| / max |b|`` (leaf-wise scale).
 
-  For two scalars (losses) it is ``|a - b| / |b|``.
-
   Each leaf is measured against its own largest entry, so that entries that
-  happen to be near zero do not turn round-off into large ratios.
+  happen to be near zero do not turn round-off into large ratios. For two
+  scalars (losses) it is ``|a - b| / |b|``.
   """
   def leaf(x, y):
     scale = jnp.maximum(jnp.max(jnp.abs(y)), jnp.finfo(y.dtype).tiny)
@@ -411,6 +410,7 @@ def plot(results: dict, path: Path) -> None:
     axis.plot(history["step"],
               np.maximum(metrics["trajectory_param_difference"], 1e-12),
               color="C3", lw=1.0, label="parameters, run vs run")
+    axis.set_ylim(bottom=1e-9)
     axis.set(xlabel="step", ylabel="relative difference (max over leaves)",
              yscale="log", title="gradients at the same parameters")
     axis.legend(fontsize="small")

@@ -67,7 +67,14 @@ CASES: list[Case] = []
 
 
 def register_case(case: Case) -> Case:
-  """Adds a case to the default sweep and returns it."""
+  """Adds a case to the default sweep and returns it.
+
+  Args:
+    case: the comparison to add to ``CASES``.
+
+  Returns:
+    ``case`` itself.
+  """
   CASES.append(case)
   return case
 
@@ -359,7 +366,16 @@ def format_table(results: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns the exit status."""
+  """Command-line entry point of ``python -m jaxconv.compare``.
+
+  Args:
+    argv: the arguments without the program name; ``None`` means
+      ``sys.argv[1:]``.
+
+  Returns:
+    The exit status: 1 if any difference exceeds the dtype's tolerance,
+    else 0.
+  """
   parser = argparse.ArgumentParser(
       prog="python -m jaxconv.compare",
       description="Compare jaxconv's hand-derived gradients with jax.grad of "

@@ -695,10 +695,16 @@ def conv_input_grad(
     cotangent: ``dE/dy``, shaped like the forward output.
     rhs: the forward kernel.
     lhs_shape: the forward input's shape.
-    window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type,
-    algorithm: the forward convolution's arguments, as in
-      ``conv_general_dilated``.
+    window_strides: the forward stride, as in ``conv_general_dilated``.
+    padding: the forward padding, as in ``conv_general_dilated``.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward kernel dilation.
+    dimension_numbers: the forward layouts.
+    feature_group_count: the forward number of feature groups.
+    batch_group_count: the forward number of batch groups.
+    precision: as in ``conv_general_dilated``.
+    preferred_element_type: as in ``conv_general_dilated``.
+    algorithm: as in ``conv_general_dilated``.
 
   Returns:
     ``dE/dx`` with shape ``lhs_shape`` and ``rhs``'s dtype.
@@ -746,10 +752,16 @@ def conv_kernel_grad(
     lhs: the forward input.
     cotangent: ``dE/dy``, shaped like the forward output.
     rhs_shape: the forward kernel's shape.
-    window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type,
-    algorithm: the forward convolution's arguments, as in
-      ``conv_general_dilated``.
+    window_strides: the forward stride, as in ``conv_general_dilated``.
+    padding: the forward padding, as in ``conv_general_dilated``.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward kernel dilation.
+    dimension_numbers: the forward layouts.
+    feature_group_count: the forward number of feature groups.
+    batch_group_count: the forward number of batch groups.
+    precision: as in ``conv_general_dilated``.
+    preferred_element_type: as in ``conv_general_dilated``.
+    algorithm: as in ``conv_general_dilated``.
 
   Returns:
     ``dE/dw`` with shape ``rhs_shape`` and ``lhs``'s dtype.

@@ -217,6 +217,7 @@ def _pool_wiring(kind, conv_shape, window, strides, padding) -> _PoolWiring:
     raise ValueError(f"`pool` kind must be 'max' or 'avg', got {kind!r}.")
   window = tuple(window)
   strides = window if strides is None else strides
+  padding = _padding_pairs(padding, len(window))
   features = conv_shape + (1,)
   pool = pooling.max_pool if kind == "max" else pooling.avg_pool
   # Validates the geometry the way the library does, and gives the shape.

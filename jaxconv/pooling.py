@@ -4,10 +4,9 @@ Every public pooling function takes Flax's layout -- ``(batch..., *spatial,
 features)`` with zero or more leading batch axes, ``window_shape`` over the
 spatial axes only, strides defaulting to 1 -- and carries a ``jax.custom_vjp``
 rule written from the textbook derivation (Part II -- Pooling of
-``docs/derivation.md``, equations (30)-(48); drafted in
-``docs/derivation-pooling.md``): max and min pooling route each window's cotangent to its
-first winner, average pooling spreads it over the window, Lp pooling scales it
-by ``sign(x) (|x| / y)^(p-1)``. The gradient pieces are public functions of
+``docs/derivation.md``, equations (30)-(48)): max and min pooling route
+each window's cotangent to its first winner, average pooling spreads it over
+the window, Lp pooling scales it by ``sign(x) (|x| / y)^(p-1)``. The gradient pieces are public functions of
 their own (``max_pool_grad``, ``avg_pool_grad``, ...), jit-able and
 differentiable, so second derivatives work too.
 

@@ -33,12 +33,29 @@ __all__ = [
 
 
 def to_canonical(array, spec: Sequence[int]) -> np.ndarray:
-  """Transposes ``array`` so that its axes follow ``spec`` (e.g. N, C, spatial)."""
+  """Transposes ``array`` so that its axes follow ``spec`` (e.g. N, C, spatial).
+
+  Args:
+    array: an array in any layout.
+    spec: the axis of ``array`` that goes first, second, ...: a ``lax``
+      dimension-numbers spec such as ``(0, 3, 1, 2)`` for NHWC.
+
+  Returns:
+    ``array`` as float64, with its axes in ``spec``'s order.
+  """
   return np.transpose(np.asarray(array, dtype=np.float64), tuple(spec))
 
 
 def from_canonical(array, spec: Sequence[int]) -> np.ndarray:
-  """Inverse of ``to_canonical``: puts canonical axes back into ``spec``'s places."""
+  """Inverse of ``to_canonical``: puts canonical axes back into ``spec``'s places.
+
+  Args:
+    array: an array in canonical order (e.g. N, C, spatial).
+    spec: the same spec that was given to ``to_canonical``.
+
+  Returns:
+    ``array`` with its axes back in the original layout.
+  """
   return np.transpose(array, tuple(np.argsort(spec)))
 
 
@@ -105,8 +122,11 @@ def conv_forward(x, w, strides=None, padding=None, lhs_dilation=None,
   Args:
     x: input ``(N, C, *spatial)``.
     w: kernel ``(O, C / G, *window)``.
-    strides, padding, lhs_dilation, rhs_dilation: per spatial dimension;
-      ``padding`` is a sequence of ``(lo, hi)`` pairs.
+    strides: the stride ``s`` per spatial dimension (default 1).
+    padding: a sequence of ``(lo, hi)`` pairs, one per spatial dimension
+      (default none).
+    lhs_dilation: the input dilation ``a`` per spatial dimension (default 1).
+    rhs_dilation: the kernel dilation ``d`` per spatial dimension (default 1).
     feature_group_count: ``G``.
     batch_group_count: ``B``.
 
@@ -152,8 +172,12 @@ def conv_kernel_grad(x, delta, kernel_shape, strides=None, padding=None,
     x: the forward input ``(N, C, *spatial)``.
     delta: ``dE/dy``, ``(N / B, O, *out_spatial)``.
     kernel_shape: ``(O, C / G, *window)``.
-    strides, padding, lhs_dilation, rhs_dilation, feature_group_count,
-    batch_group_count: the forward arguments.
+    strides: the forward stride per spatial dimension.
+    padding: the forward ``(lo, hi)`` pairs.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward kernel dilation.
+    feature_group_count: the forward ``G``.
+    batch_group_count: the forward ``B``.
 
   Returns:
     ``dE/dw``, float64.
@@ -200,8 +224,12 @@ def conv_input_grad(delta, w, input_shape, strides=None, padding=None,
     delta: ``dE/dy``, ``(N / B, O, *out_spatial)``.
     w: kernel ``(O, C / G, *window)``.
     input_shape: ``(N, C, *spatial)``.
-    strides, padding, lhs_dilation, rhs_dilation, feature_group_count,
-    batch_group_count: the forward arguments.
+    strides: the forward stride per spatial dimension.
+    padding: the forward ``(lo, hi)`` pairs.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward kernel dilation.
+    feature_group_count: the forward ``G``.
+    batch_group_count: the forward ``B``.
 
   Returns:
     ``dE/dx``, float64.
@@ -244,7 +272,16 @@ def conv_input_grad(delta, w, input_shape, strides=None, padding=None,
 
 
 def conv_bias_grad(delta, feature_axis: int = 1) -> np.ndarray:
-  r"""Eq. (11): the bias gradient is the sum of the deltas of its feature."""
+  r"""Eq. (11): the bias gradient is the sum of the deltas of its feature.
+
+  Args:
+    delta: ``dE/dz`` of any shape.
+    feature_axis: the axis of the output features (1 for the canonical
+      layout).
+
+  Returns:
+    ``dE/db``, one float64 entry per output feature.
+  """
   delta = np.asarray(delta, dtype=np.float64)
   axes = tuple(a for a in range(delta.ndim) if a != feature_axis % delta.ndim)
   return delta.sum(axis=axes)
@@ -269,7 +306,10 @@ def conv_matrix(w, input_spatial: Sequence[int], strides=None, padding=None,
   Args:
     w: kernel ``(O, C, *window)`` (one feature group).
     input_spatial: the input's spatial shape.
-    strides, padding, lhs_dilation, rhs_dilation: per spatial dimension.
+    strides: the stride ``s`` per spatial dimension (default 1).
+    padding: ``(lo, hi)`` pairs, one per spatial dimension (default none).
+    lhs_dilation: the input dilation ``a`` per spatial dimension (default 1).
+    rhs_dilation: the kernel dilation ``d`` per spatial dimension (default 1).
 
   Returns:
     ``T`` of shape ``(O * prod(out_spatial), C * prod(input_spatial))``.

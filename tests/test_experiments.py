@@ -1,6 +1,7 @@
 """The experiment scripts: --quick runs end to end, --compare agrees to float32
 round-off, and data-parallel training equals single-device training."""
 
+import importlib.util
 import json
 import os
 import re
@@ -12,23 +13,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The scripts' own dependencies: the `experiments` extra of pyproject.toml.
+MISSING = [name for name in ("matplotlib", "mnist1d", "sklearn", "tqdm")
+           if importlib.util.find_spec(name) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"needs the experiments extra ({MISSING} missing)")
+
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
-def run(arguments, tmp_path, env=None, code=None):
-  command = [sys.executable]
-  command += ["-c", code] if code else [str(EXPERIMENTS / arguments[0])]
-  command += arguments[1:] if not code else []
+def python(arguments, cwd, env=None) -> str:
+  """Runs ``python *arguments`` in a fresh interpreter; returns its stdout."""
   result = subprocess.run(
-      command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+      [sys.executable, *arguments], capture_output=True, text=True,
+      timeout=300, cwd=cwd,
       env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
   assert result.returncode == 0, result.stdout + result.stderr
   return result.stdout
 
 
 def test_mnist1d_quick_run(tmp_path):
-  out = run(["train_mnist1d.py", "--quick", "--no-progress", "--out",
-             str(tmp_path)], tmp_path)
+  out = python([EXPERIMENTS / "train_mnist1d.py", "--quick", "--no-progress",
+                "--out", tmp_path], tmp_path)
   last = out.strip().splitlines()[-1]
   match = re.fullmatch(r"test accuracy: (0\.\d{3}|1\.000)", last)
   assert match, last
@@ -39,8 +45,8 @@ def test_mnist1d_quick_run(tmp_path):
 
 
 def test_digits_quick_compare_run(tmp_path):
-  out = run(["train_digits.py", "--quick", "--compare", "--no-progress",
-             "--out", str(tmp_path)], tmp_path)
+  out = python([EXPERIMENTS / "train_digits.py", "--quick", "--compare",
+                "--no-progress", "--out", tmp_path], tmp_path)
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["test_accuracy"] > 0.7, out  # about 0.89 measured
   compare = results["compare"]
@@ -86,7 +92,7 @@ def test_sharded_training_equals_single_device(tmp_path):
         assert np.abs(one - four).max() <= 1e-5 * scale, (one, four)
       print("sharded == single device")
       """)
-  out = run([], tmp_path, code=code, env={
+  out = python(["-c", code], tmp_path, env={
       "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert "sharded == single device" in out
 

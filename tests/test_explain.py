@@ -148,3 +148,12 @@ def test_bad_pool_kind_is_a_usage_error():
   with pytest.raises(SystemExit) as error:
     explain.main(["--input", "3x3", "--kernel", "2x2", "--pool", "sum", "2x2"])
   assert error.value.code == 2
+
+
+def test_average_pooling_with_padding_counts_the_padding():
+  """With padding and count_include_pad (the default), a corner window holds
+  one real output but still divides by 4."""
+  result = explain.explain((4, 4), (2, 2), pool="avg", pool_window=(2, 2),
+                           pool_padding=1, grads=["W1"])
+  assert result.passed
+  assert "P1 = (G1)/4" in result.forward
