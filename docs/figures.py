@@ -400,13 +400,18 @@ def training_curves(path: Path | None) -> Path | None:
       axes[1].plot(history["epoch"], accuracy, **styles[grad])
   axes[1].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
   axes[1].legend(loc="lower right")
-  for key, label in (
-      ("grad_difference", "custom vs autodiff, float32"),
-      ("grad_error_custom", "custom vs float64 autodiff"),
-      ("grad_error_autodiff", "float32 autodiff vs float64 autodiff")):
-    if key in metrics:
-      axes[2].plot(steps, np.maximum(np.asarray(metrics[key], float), 1e-12),
-                   lw=0.7, label=label)
+  if "grad_difference" in metrics:
+    axes[2].plot(steps, np.maximum(np.asarray(metrics["grad_difference"],
+                                              float), 1e-12),
+                 lw=0.7, label="custom vs autodiff, float32")
+  # Once per epoch, both float32 gradients against a float64 autodiff one.
+  yardstick = history.get("float64_yardstick", {})
+  for key, label in (("custom", "custom vs float64 autodiff"),
+                     ("autodiff", "float32 autodiff vs float64 autodiff")):
+    if yardstick.get(key):
+      axes[2].plot(yardstick["step"],
+                   np.maximum(np.asarray(yardstick[key], float), 1e-12),
+                   marker="o", ms=3, lw=0.8, label=label)
   axes[2].set(xlabel="step", ylabel="relative difference", yscale="log",
               title="gradients at the same parameters")
   axes[2].legend(fontsize="small")

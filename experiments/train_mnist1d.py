@@ -8,9 +8,9 @@ two dense layers and the softmax cross-entropy. Training batches are shifted
 at random by up to ``--shift`` samples (the data set's own variation is a
 translation; this is what takes the network from about 94-96% to 97-98%).
 
-  python experiments/train_mnist1d.py                  # custom gradients
-  python experiments/train_mnist1d.py --grad autodiff  # JAX's autodiff of lax
-  python experiments/train_mnist1d.py --compare        # both, side by side
+  python experiments/train_mnist1d.py                  # custom and autodiff, side by side
+  python experiments/train_mnist1d.py --no-compare     # custom gradients only
+  python experiments/train_mnist1d.py --no-compare --grad autodiff  # autodiff only
   python experiments/train_mnist1d.py --quick          # seconds
 
 See docs/experiments.md for the measured results.
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   training.add_arguments(parser, epochs=100, batch_size=100,
                          learning_rate=1e-2, weight_decay=1e-4,
-                         quick_epochs=2)
+                         quick_epochs=2, compare_default=True)
   parser.add_argument("--shift", type=int, default=6,
                       help="augment: shift training sequences by up to this "
                       "many samples (default 6; 0 turns it off)")

@@ -43,14 +43,16 @@ from jaxconv import models
 
 def add_arguments(parser: argparse.ArgumentParser, *, epochs: int,
                   batch_size: int, learning_rate: float, weight_decay: float,
-                  quick_epochs: int) -> None:
+                  quick_epochs: int, compare_default: bool = False) -> None:
   """Adds the options both scripts share, with each script's defaults."""
   parser.add_argument("--grad", choices=models.GRADS, default="custom",
                       help="gradients from jaxconv's hand-derived rules "
                       "(custom) or JAX's autodiff of lax (default: custom)")
-  parser.add_argument("--compare", action="store_true",
+  parser.add_argument("--compare", action=argparse.BooleanOptionalAction,
+                      default=compare_default,
                       help="train custom and autodiff side by side from the "
-                      "same initialisation and report their differences")
+                      "same initialisation and report their differences "
+                      f"(default: {'on' if compare_default else 'off'})")
   parser.add_argument("--devices", type=int, default=1,
                       help="data parallel over the first N devices (default 1)")
   parser.add_argument("--quick", action="store_true",
@@ -79,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser, *, epochs: int,
                       "custom forward pass bitwise equal to lax's")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bar")
+  parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="multi-host: the address of process 0; every "
+                      "process calls jax.distributed.initialize with it, then "
+                      "--devices counts the devices of all hosts")
+  parser.add_argument("--num-processes", type=int, default=None,
+                      help="multi-host: the number of processes")
+  parser.add_argument("--process-id", type=int, default=None,
+                      help="multi-host: this process's rank, 0 .. N-1")
   parser.set_defaults(quick_epochs=quick_epochs)
 
 
@@ -448,5 +458,12 @@ def parse(parser: argparse.ArgumentParser, argv=None):
   args = parser.parse_args(argv)
   if args.devices < 1:
     parser.error("--devices must be positive.")
+  if args.coordinator is not None:
+    # Before anything touches the devices: afterwards jax.devices() lists the
+    # devices of every host, and the mesh of _mesh spans them. Every process
+    # builds the same data and batch order from the same seed.
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id)
   args.command = " ".join(["python", f"experiments/{parser.prog}", *argv])
   return args
