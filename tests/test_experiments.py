@@ -41,7 +41,9 @@ def test_mnist1d_quick_run(tmp_path):
   assert float(match.group(1)) > 0.3  # chance is 0.1; about 0.45 measured
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["train_examples"] == 4000 and results["test_examples"] == 1000
-  assert results["grads"] == ["custom"]
+  # The main job compares custom and autodiff by default.
+  assert results["grads"] == ["custom", "autodiff"]
+  assert results["compare"]["max_loss_difference"] < 1e-4, results["compare"]
 
 
 def test_digits_quick_compare_run(tmp_path):
