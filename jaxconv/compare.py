@@ -325,18 +325,8 @@ def parse_conv_spec(spec: str, transpose: bool = False) -> Case:
   ``dilation`` (an int or ``AxB``), ``padding`` (``SAME``, ``VALID`` or an
   int), ``groups``.
   """
-  fields = {}
-  for item in spec.replace(",", " ").split():
-    if "=" not in item:
-      raise ValueError(f"expected key=value in the case spec, got {item!r}")
-    key, value = item.split("=", 1)
-    fields[key.strip().lower()] = value.strip()
-  unknown = set(fields) - {"input", "kernel", "stride", "dilation", "padding",
-                           "groups"}
-  if unknown or not {"input", "kernel"} <= set(fields):
-    raise ValueError(
-        f"case spec needs input= and kernel= and accepts stride=, dilation=, "
-        f"padding=, groups=; got {sorted(fields)}")
+  fields = _fields(spec, required={"input", "kernel"},
+                   optional={"stride", "dilation", "padding", "groups"})
   padding = fields.get("padding", "VALID")
   if padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
     padding = int(padding)
@@ -347,6 +337,54 @@ def parse_conv_spec(spec: str, transpose: bool = False) -> Case:
                    padding=padding,
                    dilation=_parse_ints(fields.get("dilation", "1")),
                    groups=int(fields.get("groups", "1")), transpose=transpose)
+
+
+def parse_pool_spec(spec: str) -> Case:
+  """Parses ``"kind=max input=8x32x32x16 window=3x3 stride=2 padding=SAME"``.
+
+  Keys: ``kind`` (``max``, ``min``, ``avg`` or ``lp``) and ``input`` and
+  ``window`` (required, shapes as ``AxB``), ``stride`` (an int or ``AxB``),
+  ``padding`` (``SAME``, ``VALID`` or an int, symmetric), ``p`` (for ``lp``),
+  ``count_include_pad`` (``true``/``false``, for ``avg``).
+
+  Args:
+    spec: the case, as ``key=value`` words.
+
+  Returns:
+    A ``Case`` comparing jaxconv with lax.
+  """
+  fields = _fields(spec, required={"kind", "input", "window"},
+                   optional={"stride", "padding", "p", "count_include_pad"})
+  window = _parse_shape(fields["window"])
+  stride = _parse_ints(fields.get("stride", "1"))
+  strides = (stride,) * len(window) if isinstance(stride, int) else stride
+  padding = fields.get("padding", "VALID").upper()
+  if padding not in ("SAME", "VALID"):
+    padding = ((int(padding),) * 2,) * len(window)
+  kind = fields["kind"].lower()
+  if kind not in ("max", "min", "avg", "lp"):
+    raise ValueError(f"kind must be max, min, avg or lp; got {kind!r}")
+  p = float(fields["p"]) if "p" in fields else (2.0 if kind == "lp" else None)
+  count = fields.get("count_include_pad", "true").lower() in ("true", "1",
+                                                              "yes")
+  return pool_case(kind, _parse_shape(fields["input"]), window, strides,
+                   padding, p=p, count_include_pad=count)
+
+
+def _fields(spec: str, required: set, optional: set) -> dict:
+  fields = {}
+  for item in spec.replace(",", " ").split():
+    if "=" not in item:
+      raise ValueError(f"expected key=value in the case spec, got {item!r}")
+    key, value = item.split("=", 1)
+    fields[key.strip().lower()] = value.strip()
+  unknown = set(fields) - required - optional
+  if unknown or not required <= set(fields):
+    raise ValueError(
+        f"case spec needs {', '.join(sorted(k + '=' for k in required))} and "
+        f"accepts {', '.join(sorted(k + '=' for k in optional))}; got "
+        f"{sorted(fields)}")
+  return fields
 
 
 def format_table(results: Sequence[dict]) -> str:
@@ -386,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            'kernel=3x3x16x32 stride=2 padding=SAME"')
   parser.add_argument("--conv-transpose", action="append", default=[],
                       metavar="SPEC", help="a conv_transpose case, same keys")
+  parser.add_argument("--pool", action="append", default=[], metavar="SPEC",
+                      help='a pooling case, e.g. "kind=max input=8x32x32x16 '
+                           'window=3x3 stride=2 padding=SAME" (kind: max, '
+                           'min, avg, lp; p=, count_include_pad=)')
   parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCE))
   parser.add_argument("--repeats", type=int, default=5,
                       help="interleaved timed runs per side (0: no timing)")
@@ -395,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)
   try:
     cases = ([parse_conv_spec(s) for s in args.conv]
-             + [parse_conv_spec(s, transpose=True) for s in args.conv_transpose])
+             + [parse_conv_spec(s, transpose=True) for s in args.conv_transpose]
+             + [parse_pool_spec(s) for s in args.pool])
   except ValueError as error:
     parser.error(str(error))
   if not cases:

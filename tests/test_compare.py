@@ -35,3 +35,15 @@ def test_bad_spec_is_a_usage_error():
   with pytest.raises(SystemExit) as info:
     compare.main(["--conv", "input=2x9x9x3 stride=2"])
   assert info.value.code == 2
+
+
+def test_cli_accepts_pooling_cases(capsys):
+  status = compare.main([
+      "--pool", "kind=max input=2x9x9x3 window=3x3 stride=2 padding=SAME",
+      "--pool", "kind=avg input=2x9x9x3 window=3x3 stride=2 padding=1 "
+                "count_include_pad=false",
+      "--pool", "kind=lp p=3 input=2x8x8x3 window=2x2 stride=2",
+      "--repeats", "0"])
+  out = capsys.readouterr().out
+  assert status == 0
+  assert "max_pool" in out and "avg_pool" in out and "lp_pool" in out
