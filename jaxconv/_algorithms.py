@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-ALGORITHMS = ("auto", "xla", "shifted", "window_dot")
+ALGORITHMS = ("auto", "xla", "shifted", "window_dot", "phased")
 
 # Largest number of unrolled terms (kernel taps for "shifted", output
 # positions for "window_dot"): beyond it compile time grows for little gain.
@@ -97,6 +97,10 @@ def supports(name: str, geometry, lhs_shape, rhs_shape, out_shape) -> bool:
     return math.prod(_spatial(rhs_shape, rhs_spec)) <= MAX_UNROLLED
   if name == "window_dot":
     return math.prod(_spatial(out_shape, out_spec)) <= MAX_UNROLLED
+  if name == "phased":
+    dims = _phase_dims(geometry)
+    return bool(dims) and math.prod(
+        geometry.lhs_dilation[i] for i in dims) <= MAX_UNROLLED
   return False
 
 
@@ -141,6 +145,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
   in_per_group = rhs_shape[rhs_spec[1]]
   grouped = geometry.feature_group_count > 1 or geometry.batch_group_count > 1
   dilated_input = any(a > 1 for a in geometry.lhs_dilation)
+  if dilated_input and supports("phased", geometry, lhs_shape, rhs_shape,
+                                 out_shape):
+    return "phased"
   if taps == 1 or (in_per_group == 1 and taps <= 49):
     if supports("shifted", geometry, lhs_shape, rhs_shape, out_shape):
       return "shifted"
@@ -152,80 +159,124 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
 
 
 # ---------------------------------------------------------------------------
-# The direct algorithms, in a channels-last working layout:
-# input (N, *spatial, C), kernel (*window, C / G, O), output (N / B, *out, O).
+# The direct algorithms. They work in the arrays' own layouts: slices and
+# contractions name the axes through the dimension numbers, so no operand is
+# transposed into a working layout first (XLA lays out each contraction).
 # ---------------------------------------------------------------------------
-
-
-def _to_working(x, spec):
-  """(batch, feature, *spatial) spec -> array laid out (batch, *spatial, feature)."""
-  perm = (spec[0],) + tuple(spec[2:]) + (spec[1],)
-  return x if perm == tuple(range(x.ndim)) else jnp.transpose(x, perm)
-
-
-def _kernel_to_working(w, spec):
-  """(out, in, *spatial) spec -> array laid out (*spatial, in, out)."""
-  perm = tuple(spec[2:]) + (spec[1], spec[0])
-  return w if perm == tuple(range(w.ndim)) else jnp.transpose(w, perm)
-
-
-def _from_working(y, spec):
-  perm = (spec[0],) + tuple(spec[2:]) + (spec[1],)
-  inverse = tuple(np.argsort(perm))
-  return y if inverse == tuple(range(y.ndim)) else jnp.transpose(y, inverse)
 
 
 def _prepared_input(x, geometry):
   """x^ of eq. (5): dilate by ``a`` and pad by ``(lo, hi)`` (negative crops)."""
-  config = [(0, 0, 0)]
-  config += [(lo, hi, a - 1) for (lo, hi), a in zip(geometry.padding,
-                                                     geometry.lhs_dilation)]
-  config += [(0, 0, 0)]
+  lhs_spec = geometry.dimension_numbers.lhs_spec
+  config = [(0, 0, 0)] * x.ndim
+  for axis, (lo, hi), a in zip(lhs_spec[2:], geometry.padding,
+                               geometry.lhs_dilation):
+    config[axis] = (lo, hi, a - 1)
   if all(c == (0, 0, 0) for c in config):
     return x
   return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
-def _contract(patch, kernel, groups, batch_groups, contracted, precision,
-              accumulate):
-  """Contracts the trailing ``contracted + 1`` axes of ``patch`` (window
-  axes, then features) with the leading ones of ``kernel``, respecting
-  feature and batch groups.
+def _window_slice(x, spec, starts, counts, steps):
+  """``x[..., start + step * m, ...]`` for ``m < count`` on each spatial axis."""
+  start, limit, stride = [0] * x.ndim, list(x.shape), [1] * x.ndim
+  for axis, b, m, s in zip(spec[2:], starts, counts, steps):
+    start[axis], limit[axis], stride[axis] = b, b + s * (m - 1) + 1, s
+  return lax.slice(x, start, limit, stride)
 
-  ``patch``: (N, *free, *window, C); ``kernel``: (*window, C / G, O).
-  Returns (N / B, *free, O).
+
+def _letters(count, first):
+  return [chr(ord(first) + i) for i in range(count)]
+
+
+def _contract(patch, kernel, geometry, window: bool, accumulate):
+  """One term of eq. (5): contracts the features of ``patch`` (an input
+  slice, in the input's layout) with ``kernel``, respecting feature groups
+  ``G`` and batch groups ``B``; with ``window`` the spatial axes are
+  contracted too (one output position), else they are output positions (one
+  tap, ``kernel`` without spatial axes).
+
+  Returns the term in the output's layout, spatial axes of size 1 when
+  ``window``.
   """
-  window_axes = "".join(chr(ord("p") + i) for i in range(contracted))
-  free_rank = patch.ndim - 2 - contracted
-  free_axes = "".join(chr(ord("h") + i) for i in range(free_rank))
-  out_features = kernel.shape[-1]
-  kw = dict(precision=precision, preferred_element_type=accumulate)
-  if groups == 1 and batch_groups == 1:
-    spec = f"n{free_axes}{window_axes}c,{window_axes}co->n{free_axes}o"
-    return jnp.einsum(spec, patch, kernel, **kw)
-  if groups > 1:
-    per_group = patch.shape[-1] // groups
-    if per_group == 1 and out_features == groups:
-      # Depthwise with one output per input: an elementwise product.
-      product = patch * kernel[..., 0, :].astype(accumulate or patch.dtype)
-      return product.sum(axis=tuple(range(1 + free_rank, patch.ndim - 1)),
-                         dtype=accumulate) if contracted else product.astype(
-                             accumulate or patch.dtype)
-    patch = patch.reshape(patch.shape[:-1] + (groups, per_group))
-    kernel = kernel.reshape(kernel.shape[:-2] + (per_group, groups,
-                                                 out_features // groups))
-    spec = (f"n{free_axes}{window_axes}gc,{window_axes}cgo->"
-            f"n{free_axes}go")
-    out = jnp.einsum(spec, patch, kernel, **kw)
-    return out.reshape(out.shape[:-2] + (out_features,))
-  batch = patch.shape[0]
-  patch = patch.reshape((batch_groups, batch // batch_groups) + patch.shape[1:])
-  kernel = kernel.reshape(kernel.shape[:-1] + (batch_groups,
-                                               out_features // batch_groups))
-  spec = (f"bn{free_axes}{window_axes}c,{window_axes}cbo->"
-          f"n{free_axes}bo")
-  out = jnp.einsum(spec, patch, kernel, **kw)
-  return out.reshape(out.shape[:-2] + (out_features,))
+  lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
+  groups, batch_groups = (geometry.feature_group_count,
+                          geometry.batch_group_count)
+  rank = len(lhs_spec)
+  spatial = _letters(rank - 2, "p")                # window or output axes
+  x_axes = [""] * patch.ndim
+  x_axes[lhs_spec[0]], x_axes[lhs_spec[1]] = "n", "c"
+  for axis, letter in zip(lhs_spec[2:], spatial):
+    x_axes[axis] = letter
+  if window:
+    k_axes = [""] * kernel.ndim
+    for axis, letter in zip(rhs_spec[2:], spatial):
+      k_axes[axis] = letter
+    k_axes[rhs_spec[0]], k_axes[rhs_spec[1]] = "o", "c"
+  else:                                            # (out, in) only, in order
+    k_axes = ["o", "c"] if rhs_spec[0] < rhs_spec[1] else ["c", "o"]
+  o_axes = [""] * rank
+  o_axes[out_spec[0]], o_axes[out_spec[1]] = "n", "o"
+  for axis, letter in zip(out_spec[2:], spatial):
+    o_axes[axis] = "" if window else letter
+  out_features = kernel.shape[rhs_spec[0] if window else k_axes.index("o")]
+  split = groups if groups > 1 else batch_groups
+  if split > 1:
+    # G: features c -> (g, c'); B: batch n -> (g, n'). Kernel o -> (g, o').
+    grouped = "c" if groups > 1 else "n"
+    axis = x_axes.index(grouped)
+    patch = patch.reshape(patch.shape[:axis] + (split, patch.shape[axis]
+                                                // split)
+                          + patch.shape[axis + 1:])
+    x_axes[axis:axis + 1] = ["g", grouped]
+    axis = k_axes.index("o")
+    kernel = kernel.reshape(kernel.shape[:axis] + (split, out_features
+                                                   // split)
+                            + kernel.shape[axis + 1:])
+    k_axes[axis:axis + 1] = ["g", "o"]
+    o_axes[o_axes.index("o"):o_axes.index("o") + 1] = ["g", "o"]
+  result = "".join(o_axes)
+  sizes = dict(zip(x_axes, patch.shape)) | dict(zip(k_axes, kernel.shape))
+  if all(sizes[a] == 1 or a in x_axes for a in k_axes):
+    out = _broadcast_contract(patch, x_axes, kernel, k_axes, result,
+                              accumulate)
+  else:
+    if accumulate is not None:
+      # XLA's CPU dot has no bf16 x bf16 -> f32 kernel; products of
+      # low-precision values are exact in the wider type anyway.
+      patch, kernel = patch.astype(accumulate), kernel.astype(accumulate)
+    spec = f"{''.join(x_axes)},{''.join(k_axes)}->{result}"
+    out = jnp.einsum(spec, patch, kernel, precision=geometry.precision,
+                     preferred_element_type=accumulate)
+  shape = [1] * rank
+  shape[out_spec[0]] = out.shape[result.index("n")]
+  shape[out_spec[1]] = out_features
+  if not window:
+    for axis, letter in zip(out_spec[2:], spatial):
+      shape[axis] = out.shape[result.index(letter)]
+  return out.reshape(shape)
+
+
+def _broadcast_contract(patch, x_axes, kernel, k_axes, result, accumulate):
+  """The contraction when every kernel axis longer than 1 is also a patch
+  axis (depthwise: one input and one output feature per group): a product
+  in the patch's own layout, summed over the contracted axes. XLA fuses it
+  into one pass, where a batched product of tiny matrices would transpose
+  both operands first."""
+  dtype = accumulate or jnp.result_type(patch, kernel)
+  sizes = dict(zip(k_axes, kernel.shape)) | dict(zip(x_axes, patch.shape))
+  kept = [a for a in k_axes if a in x_axes]       # the others have size 1
+  shared = [a for a in x_axes if a in k_axes]
+  kernel = kernel.reshape([sizes[a] for a in kept])
+  kernel = jnp.transpose(kernel, [kept.index(a) for a in shared])
+  kernel = kernel.reshape([sizes[a] if a in k_axes else 1 for a in x_axes])
+  product = patch.astype(dtype) * kernel.astype(dtype)
+  summed = tuple(i for i, a in enumerate(x_axes) if a not in result)
+  out = product.sum(axis=summed) if summed else product
+  remaining = [a for a in x_axes if a in result]
+  out = jnp.transpose(out, [remaining.index(a) for a in result
+                            if a in remaining])
+  return out.reshape([sizes[a] for a in result])
 
 
 def _accumulation_dtype(dtype, preferred):
@@ -239,53 +290,152 @@ def _accumulation_dtype(dtype, preferred):
 def shifted(lhs, rhs, geometry, out_shape):
   """``y = sum_k contract_c(x^[s*i + d*k], w[k])``: one term per kernel tap."""
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
-  x = _prepared_input(_to_working(lhs, lhs_spec), geometry)
-  w = _kernel_to_working(rhs, rhs_spec)
+  x = _prepared_input(lhs, geometry)
+  window = _spatial(rhs.shape, rhs_spec)
   out_spatial = _spatial(out_shape, out_spec)
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
   total = None
-  for tap in itertools.product(*(range(k) for k in w.shape[:-2])):
-    start = [0] + [d * k for d, k in zip(geometry.rhs_dilation, tap)] + [0]
-    limit = ([x.shape[0]]
-             + [b + s * (m - 1) + 1 for b, s, m in zip(
-                 start[1:-1], geometry.window_strides, out_spatial)]
-             + [x.shape[-1]])
-    strides = [1] + list(geometry.window_strides) + [1]
-    patch = lax.slice(x, start, limit, strides)
-    term = _contract(patch, w[tap], geometry.feature_group_count,
-                     geometry.batch_group_count, 0, geometry.precision,
-                     accumulate)
+  for tap in itertools.product(*(range(k) for k in window)):
+    starts = [d * k for d, k in zip(geometry.rhs_dilation, tap)]
+    patch = _window_slice(x, lhs_spec, starts, out_spatial,
+                          geometry.window_strides)
+    index = [slice(None)] * rhs.ndim
+    for axis, k in zip(rhs_spec[2:], tap):
+      index[axis] = k
+    term = _contract(patch, rhs[tuple(index)], geometry, False, accumulate)
     total = term if total is None else total + term
-  out_dtype = geometry.preferred_element_type or lhs.dtype
-  return _from_working(total.astype(out_dtype), out_spec)
+  return total.astype(geometry.preferred_element_type or lhs.dtype)
 
 
 def window_dot(lhs, rhs, geometry, out_shape):
   """``y[i] = contract_{k,c}(x^[s*i + d*k], w[k])``: one term per output."""
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
-  x = _prepared_input(_to_working(lhs, lhs_spec), geometry)
-  w = _kernel_to_working(rhs, rhs_spec)
-  window = w.shape[:-2]
+  x = _prepared_input(lhs, geometry)
+  window = _spatial(rhs.shape, rhs_spec)
   out_spatial = _spatial(out_shape, out_spec)
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
-  outputs = []
+  terms = []
   for position in itertools.product(*(range(m) for m in out_spatial)):
-    start = [0] + [s * i for s, i in zip(geometry.window_strides,
-                                         position)] + [0]
-    limit = ([x.shape[0]]
-             + [b + d * (k - 1) + 1 for b, d, k in zip(
-                 start[1:-1], geometry.rhs_dilation, window)]
-             + [x.shape[-1]])
-    strides = [1] + list(geometry.rhs_dilation) + [1]
-    patch = lax.slice(x, start, limit, strides)
-    outputs.append(_contract(patch, w, geometry.feature_group_count,
-                             geometry.batch_group_count, len(window),
-                             geometry.precision, accumulate))
-  stacked = jnp.stack(outputs, axis=1)
-  batch, features = stacked.shape[0], stacked.shape[-1]
-  stacked = stacked.reshape((batch,) + out_spatial + (features,))
-  out_dtype = geometry.preferred_element_type or lhs.dtype
-  return _from_working(stacked.astype(out_dtype), out_spec)
+    starts = [s * i for s, i in zip(geometry.window_strides, position)]
+    patch = _window_slice(x, lhs_spec, starts, window, geometry.rhs_dilation)
+    terms.append(_contract(patch, rhs, geometry, True, accumulate))
+  # The terms have size-1 spatial axes; lay them out along those axes.
+  y = _interleave_positions(terms, out_spec, out_spatial)
+  return y.astype(geometry.preferred_element_type or lhs.dtype)
+
+
+def _interleave_positions(terms, out_spec, out_spatial):
+  """Row-major list of per-position terms -> one array of the output."""
+  stacked = jnp.stack(terms, axis=0)
+  stacked = stacked.reshape(tuple(out_spatial) + terms[0].shape)
+  n = len(out_spatial)
+  # Each leading position axis replaces the size-1 axis it belongs to.
+  perm, squeeze = [], []
+  for axis in range(terms[0].ndim):
+    if axis in out_spec[2:]:
+      perm.append(out_spec[2:].index(axis))
+      squeeze.append(n + axis)
+    perm.append(n + axis)
+  shape = list(terms[0].shape)
+  for axis, m in zip(out_spec[2:], out_spatial):
+    shape[axis] = m
+  return jnp.transpose(stacked, perm).reshape(shape)
+
+# Input dilation, stride phase by stride phase (eq. 5 with a > 1).
+#
+# In a dimension with input dilation a (stride 1, kernel dilation 1) only
+# every a-th entry of x^ is an input; the rest are the zeros of eq. (5).
+# Output i = p + a*q (phase p) meets inputs only through the taps
+# k = k0 + a*t with k0 = (lo - p) mod a, and then reads x at
+# m = q + t + c with c = (p + k0 - lo) / a. So phase p of the output is an
+# ordinary convolution of the undilated x with the sub-kernel w[k0::a] and
+# padding lo' = -c:
+#
+#   y[p + a*q] = sum_t x[q + t - lo'] w[k0 + a*t]
+#
+# No zero is multiplied, the work drops by a factor a per dimension, and the
+# a^n phase outputs interleave back into y. This is how the input gradient
+# of a strided convolution (eq. 13) and the forward and kernel gradient of a
+# transposed convolution are evaluated without their inserted zeros.
+def _phase_dims(geometry):
+  """The spatial dims with input dilation, or ``None`` when some such dim
+  also has a stride or kernel dilation (then phases do not separate)."""
+  dims = [i for i, a in enumerate(geometry.lhs_dilation) if a > 1]
+  if any(geometry.window_strides[i] != 1 or geometry.rhs_dilation[i] != 1
+         for i in dims):
+    return None
+  return dims
+
+
+def _phase_plan(a, n, lo, k, m, p):
+  """One dim, phase ``p``: (first tap, sub-kernel length, padding, outputs)."""
+  first = (lo - p) % a
+  taps = max(0, -(-(k - first) // a))
+  outputs = max(0, -(-(m - p) // a))
+  pad_lo = -((p + first - lo) // a)
+  pad_hi = outputs - 1 + taps - n - pad_lo
+  return first, taps, (pad_lo, pad_hi), outputs
+
+
+def phased(lhs, rhs, geometry, out_shape):
+  """Input dilation split into ``a^n`` ordinary convolutions, one per phase."""
+  lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
+  dims = _phase_dims(geometry)
+  dilations = [geometry.lhs_dilation[i] for i in dims]
+  in_spatial = _spatial(lhs.shape, lhs_spec)
+  k_spatial = _spatial(rhs.shape, rhs_spec)
+  out_spatial = _spatial(out_shape, out_spec)
+  rows = [-(-out_spatial[i] // geometry.lhs_dilation[i]) for i in dims]
+  padded_shape = list(out_shape)
+  for i, r in zip(dims, rows):
+    padded_shape[out_spec[2 + i]] = r
+  blocks = []
+  for phase in itertools.product(*(range(a) for a in dilations)):
+    padding = list(geometry.padding)
+    starts, strides = [0] * rhs.ndim, [1] * rhs.ndim
+    limits = list(rhs.shape)
+    block_shape = list(padded_shape)
+    empty = False
+    for i, p in zip(dims, phase):
+      a = geometry.lhs_dilation[i]
+      first, taps, padding[i], outputs = _phase_plan(
+          a, in_spatial[i], geometry.padding[i][0], k_spatial[i],
+          out_spatial[i], p)
+      axis = rhs_spec[2 + i]
+      starts[axis], strides[axis] = first, a
+      block_shape[out_spec[2 + i]] = outputs
+      empty |= taps == 0 or outputs == 0
+    if empty:
+      block = jnp.zeros(block_shape, geometry.preferred_element_type
+                        or lhs.dtype)
+    else:
+      sub = geometry._replace(
+          padding=tuple(padding),
+          lhs_dilation=(1,) * len(geometry.lhs_dilation))
+      kernel = lax.slice(rhs, starts, limits, strides)
+      block = evaluate(lhs, kernel, sub, block_shape)
+    pads = [(0, full - size, 0) for full, size in zip(padded_shape,
+                                                      block.shape)]
+    if any(hi for _, hi, _ in pads):
+      block = lax.pad(block, jnp.zeros((), block.dtype), pads)
+    blocks.append(block)
+  # Interleave: phase axes (one per dilated dim) go right after their
+  # spatial axis, then each (rows, a) pair merges into a*rows and is cropped.
+  stacked = jnp.stack(blocks, axis=-1)
+  stacked = stacked.reshape(tuple(padded_shape) + tuple(dilations))
+  perm = []
+  for axis in range(len(out_shape)):
+    perm.append(axis)
+    for j, i in enumerate(dims):
+      if out_spec[2 + i] == axis:
+        perm.append(len(out_shape) + j)
+  merged = list(padded_shape)
+  for i, a in zip(dims, dilations):
+    merged[out_spec[2 + i]] *= a
+  y = jnp.transpose(stacked, perm).reshape(merged)
+  if tuple(merged) != tuple(out_shape):
+    y = lax.slice(y, [0] * y.ndim, out_shape)
+  return y
 
 
 def xla(lhs, rhs, geometry, out_shape):
@@ -305,7 +455,8 @@ def xla(lhs, rhs, geometry, out_shape):
   )
 
 
-IMPLEMENTATIONS = {"xla": xla, "shifted": shifted, "window_dot": window_dot}
+IMPLEMENTATIONS = {"xla": xla, "shifted": shifted, "window_dot": window_dot,
+                   "phased": phased}
 
 
 def evaluate(lhs, rhs, geometry, out_shape: Sequence[int]):

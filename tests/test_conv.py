@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import hypothesis
 import hypothesis.strategies as st
@@ -178,6 +179,22 @@ FIXED = [
 FIXED_IDS = ["1d-stride-pad", "2d-nhwc-groups-dil", "2d-lhsdil-crop",
              "2d-batchgroups", "3d-same-lower"]
 
+# Input dilation with stride 1, as in a transposed convolution: the cases the
+# "phased" algorithm splits into stride phases (one with a kernel shorter than
+# the dilation, so that some phases have no tap at all).
+PHASED = [
+    Case((2, 6, 5, 4), (3, 4, 2, 6), dict(
+        window_strides=(1, 1), padding=((2, 1), (0, 3)), lhs_dilation=(2, 3),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)),
+    Case((2, 3, 5, 7), (4, 3, 3, 2), dict(
+        window_strides=(1, 2), padding=((1, 2), (1, 0)), lhs_dilation=(2, 1),
+        rhs_dilation=(1, 2))),
+    Case((4, 3, 5), (4, 3, 2), dict(
+        window_strides=(1,), padding=((1, -1),), lhs_dilation=(3,),
+        batch_group_count=2)),
+]
+PHASED_IDS = ["phased-2d-groups", "phased-mixed", "phased-1d-batch-groups"]
+
 
 @pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
 def test_fixed_cases_float32(case):
@@ -318,7 +335,7 @@ def test_scaled_error_is_not_vacuous():
 
 # Every algorithm against the same oracles (the default sweep above runs
 # "auto"; here each one is forced for every convolution it supports).
-@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot"])
+@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased"])
 @hypothesis.settings(max_examples=examples(8), deadline=None)
 @hypothesis.given(case=conv_cases())
 def test_each_algorithm_matches_lax(algorithm, case):
@@ -326,15 +343,16 @@ def test_each_algorithm_matches_lax(algorithm, case):
     compare_with_lax(case, jnp.float64)
 
 
-@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot"])
-@pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
+@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased"])
+@pytest.mark.parametrize("case", FIXED + PHASED,
+                         ids=FIXED_IDS + PHASED_IDS)
 def test_each_algorithm_fixed_cases(algorithm, case):
   with jaxconv.use_algorithm(algorithm):
     compare_with_lax(case, jnp.float32)
 
 
-@pytest.mark.parametrize("algorithm", ["shifted", "window_dot"])
-@pytest.mark.parametrize("case", FIXED[:2], ids=FIXED_IDS[:2])
+@pytest.mark.parametrize("algorithm", ["shifted", "window_dot", "phased"])
+@pytest.mark.parametrize("case", FIXED[:2] + PHASED, ids=FIXED_IDS[:2] + PHASED_IDS)
 def test_each_algorithm_check_grads(algorithm, case):
   lhs, rhs = case.arrays(jnp.float64)
   with jaxconv.use_algorithm(algorithm):
@@ -358,10 +376,24 @@ def test_forced_algorithm_is_used(algorithm):
   assert "conv_general_dilated" in str(jax.make_jaxpr(default)(lhs, rhs))
 
 
+def test_phased_leaves_no_input_dilation():
+  """Forced "phased", every convolution left in the program is undilated."""
+  case = PHASED[0]
+  lhs, rhs = case.arrays(jnp.float32)
+  f = functools.partial(jaxconv.conv_general_dilated, algorithm="phased",
+                        **case.kwargs)
+  grad = jax.grad(lambda lhs, rhs: jnp.sum(f(lhs, rhs) ** 2), (0, 1))
+  program = jax.jit(grad).lower(lhs, rhs).as_text()
+  dilations = set(re.findall(r"lhs_dilate = \[[0-9, ]*\]", program))
+  assert dilations <= {"lhs_dilate = [1, 1]"}, dilations
+  # Forward: 2 x 3 phases; kernel gradient: 2 x 3 phases, some of them empty.
+  assert program.count("stablehlo.convolution") > 6
+
+
 def test_default_choice_is_a_pure_function_of_geometry():
-  def choice(lhs_shape, rhs_shape, backend, **kw):
+  def choice(lhs_shape, rhs_shape, backend, padding="SAME", **kw):
     geometry = jaxconv.make_conv_geometry(
-        lhs_shape, rhs_shape, 1, "SAME",
+        lhs_shape, rhs_shape, 1, padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
     out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
     return jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
@@ -371,5 +403,11 @@ def test_default_choice_is_a_pure_function_of_geometry():
                 feature_group_count=128) == "shifted"
   assert choice((8, 56, 56, 64), (3, 3, 64, 64), "cpu") == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "gpu") == "xla"
+  # Input dilation (a transposed convolution, a strided input gradient).
+  transposed = dict(padding=((2, 2), (2, 2)), lhs_dilation=2)
+  assert choice((8, 28, 28, 64), (4, 4, 64, 32), "cpu",
+                **transposed) == "phased"
+  assert choice((8, 28, 28, 64), (4, 4, 64, 32), "gpu",
+                **transposed) == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu",
                 algorithm="xla") == "xla"
