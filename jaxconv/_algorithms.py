@@ -147,7 +147,12 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
   dilated_input = any(a > 1 for a in geometry.lhs_dilation)
   if dilated_input and supports("phased", geometry, lhs_shape, rhs_shape,
                                  out_shape):
-    return "phased"
+    kernel = _spatial(rhs_shape, rhs_spec)
+    out_per_group = rhs_shape[rhs_spec[0]] // geometry.feature_group_count
+    if out_per_group >= 16 and all(
+        kernel[i] >= 2 * a for i, a in enumerate(geometry.lhs_dilation)
+        if a > 1):
+      return "phased"
   if taps == 1 or (in_per_group == 1 and taps <= 49):
     if supports("shifted", geometry, lhs_shape, rhs_shape, out_shape):
       return "shifted"

@@ -409,5 +409,11 @@ def test_default_choice_is_a_pure_function_of_geometry():
                 **transposed) == "phased"
   assert choice((8, 28, 28, 64), (4, 4, 64, 32), "gpu",
                 **transposed) == "xla"
+  # Measured slower split into phases: few output features (the input
+  # gradient of a 3-channel stem), or phases with a single tap (K < 2a).
+  assert choice((8, 112, 112, 64), (7, 7, 64, 3), "cpu",
+                **transposed) == "xla"
+  assert choice((8, 28, 28, 128), (3, 3, 128, 64), "cpu",
+                **transposed) == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu",
                 algorithm="xla") == "xla"
