@@ -22,6 +22,16 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     directly: the kernel gradient has as many outputs as the forward kernel
     has taps, and each is one large matrix product over batch and positions.
     Needs few output positions.
+``"phased"``
+    Input dilation ``a`` (stride 1 and kernel dilation 1 in those
+    dimensions) split into its ``a^n`` output phases, eq. (23): each phase is
+    an ordinary convolution of the undilated input with a sub-kernel,
+    evaluated by the algorithm chosen for it, and the phases interleave back
+    by a reshape. No product with an inserted zero is computed.
+
+The direct algorithms slice and contract the arrays in their own layouts
+(the axes are named through the dimension numbers), so no operand is first
+transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
 and the backend; a user can force an algorithm with the ``algorithm=``
@@ -61,7 +71,8 @@ def use_algorithm(name: str):
   function keeps the algorithm it was traced with.
 
   Args:
-    name: one of ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``.
+    name: one of ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
+      ``"phased"``.
 
   Returns:
     A context manager.
@@ -110,6 +121,12 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
 
   The default policy, measured on CPU (see ``docs/performance.md``):
 
+  * input dilation ``a`` with stride 1 and no kernel dilation there, at
+    least two taps per phase (``K >= 2a``) and at least 16 output features
+    per group, as in the forward pass and kernel gradient of a transposed
+    convolution: ``"phased"`` (eq. 23). With fewer taps per phase (the input
+    gradient of a 3x3 stride-2 layer) or few output features (the input
+    gradient of an RGB stem) XLA's dilated kernel measured as fast or faster;
   * a 1x1 kernel: ``"shifted"`` (one matrix product over the channels);
   * one input feature per group (depthwise) with a small kernel:
     ``"shifted"`` (a fused elementwise multiply-add; XLA's CPU kernel for
@@ -130,7 +147,7 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     backend: ``jax.default_backend()`` when ``None``.
 
   Returns:
-    ``"xla"``, ``"shifted"`` or ``"window_dot"``.
+    ``"xla"``, ``"shifted"``, ``"window_dot"`` or ``"phased"``.
   """
   forced = geometry.algorithm
   if forced != "auto":
@@ -346,22 +363,21 @@ def _interleave_positions(terms, out_spec, out_spatial):
     shape[axis] = m
   return jnp.transpose(stacked, perm).reshape(shape)
 
-# Input dilation, stride phase by stride phase (eq. 5 with a > 1).
+# Input dilation, phase by phase: docs/derivation.md eq. (23).
 #
 # In a dimension with input dilation a (stride 1, kernel dilation 1) only
 # every a-th entry of x^ is an input; the rest are the zeros of eq. (5).
-# Output i = p + a*q (phase p) meets inputs only through the taps
-# k = k0 + a*t with k0 = (lo - p) mod a, and then reads x at
-# m = q + t + c with c = (p + k0 - lo) / a. So phase p of the output is an
-# ordinary convolution of the undilated x with the sub-kernel w[k0::a] and
-# padding lo' = -c:
+# Output i = a*q + p (phase p) meets inputs only through the taps
+# k = k_p + a*t with k_p = (lo - p) mod a, which read x at q + t + c_p,
+# c_p = (p + k_p - lo) / a:
 #
-#   y[p + a*q] = sum_t x[q + t - lo'] w[k0 + a*t]
+#   y[a*q + p] = sum_t w[k_p + a*t] x[q + t + c_p]                       (23)
 #
-# No zero is multiplied, the work drops by a factor a per dimension, and the
-# a^n phase outputs interleave back into y. This is how the input gradient
-# of a strided convolution (eq. 13) and the forward and kernel gradient of a
-# transposed convolution are evaluated without their inserted zeros.
+# So phase p of the output is an ordinary convolution of the undilated x
+# with the sub-kernel w[k_p::a] and low padding -c_p (_phase_plan). No zero
+# is multiplied, and the a^n phase outputs interleave back into y by a
+# reshape (q, p) -> a*q + p. Used for the forward pass and the kernel
+# gradient of a transposed convolution (eq. 10 keeps the input dilation).
 def _phase_dims(geometry):
   """The spatial dims with input dilation, or ``None`` when some such dim
   also has a stride or kernel dilation (then phases do not separate)."""
@@ -373,7 +389,10 @@ def _phase_dims(geometry):
 
 
 def _phase_plan(a, n, lo, k, m, p):
-  """One dim, phase ``p``: (first tap, sub-kernel length, padding, outputs)."""
+  """One dim, phase ``p`` of eq. (23): the first tap ``k_p``, the number of
+  taps, the sub-convolution's ``(lo, hi)`` padding and its output count, for
+  input length ``n``, low padding ``lo``, kernel length ``k`` and ``m``
+  outputs."""
   first = (lo - p) % a
   taps = max(0, -(-(k - first) // a))
   outputs = max(0, -(-(m - p) // a))

@@ -500,7 +500,8 @@ def make_conv_geometry(
     names: how the caller calls these arguments, for error messages (e.g.
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
-      default), ``"auto"``, ``"xla"``, ``"shifted"`` or ``"window_dot"``.
+      default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"`` or
+      ``"phased"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -647,7 +648,7 @@ def conv_general_dilated(
     preferred_element_type: accumulation and result dtype, or ``None``.
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
-      ``"xla"``, ``"shifted"`` or ``"window_dot"`` (see
+      ``"xla"``, ``"shifted"``, ``"window_dot"`` or ``"phased"`` (see
       ``docs/performance.md``). The results are the same up to rounding.
 
   Returns:
