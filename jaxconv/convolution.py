@@ -500,8 +500,8 @@ def make_conv_geometry(
     names: how the caller calls these arguments, for error messages (e.g.
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
-      default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"`` or
-      ``"phased"``.
+      default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
+      ``"phased"`` or ``"split_groups"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -648,8 +648,8 @@ def conv_general_dilated(
     preferred_element_type: accumulation and result dtype, or ``None``.
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
-      ``"xla"``, ``"shifted"``, ``"window_dot"`` or ``"phased"`` (see
-      ``docs/performance.md``). The results are the same up to rounding.
+      ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"`` or
+      ``"split_groups"`` (see ``docs/performance.md``). The results are the same up to rounding.
 
   Returns:
     The convolution, in the layout of ``dimension_numbers``' output spec.

@@ -335,7 +335,8 @@ def test_scaled_error_is_not_vacuous():
 
 # Every algorithm against the same oracles (the default sweep above runs
 # "auto"; here each one is forced for every convolution it supports).
-@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased"])
+@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased",
+                                       "split_groups"])
 @hypothesis.settings(max_examples=examples(8), deadline=None)
 @hypothesis.given(case=conv_cases())
 def test_each_algorithm_matches_lax(algorithm, case):
@@ -343,7 +344,8 @@ def test_each_algorithm_matches_lax(algorithm, case):
     compare_with_lax(case, jnp.float64)
 
 
-@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased"])
+@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased",
+                                       "split_groups"])
 @pytest.mark.parametrize("case", FIXED + PHASED,
                          ids=FIXED_IDS + PHASED_IDS)
 def test_each_algorithm_fixed_cases(algorithm, case):
@@ -351,7 +353,8 @@ def test_each_algorithm_fixed_cases(algorithm, case):
     compare_with_lax(case, jnp.float32)
 
 
-@pytest.mark.parametrize("algorithm", ["shifted", "window_dot", "phased"])
+@pytest.mark.parametrize("algorithm", ["shifted", "window_dot", "phased",
+                                       "split_groups"])
 @pytest.mark.parametrize("case", FIXED[:2] + PHASED, ids=FIXED_IDS[:2] + PHASED_IDS)
 def test_each_algorithm_check_grads(algorithm, case):
   lhs, rhs = case.arrays(jnp.float64)
@@ -390,6 +393,20 @@ def test_phased_leaves_no_input_dilation():
   assert program.count("stablehlo.convolution") > 6
 
 
+def test_split_groups_leaves_no_groups():
+  """Forced "split_groups", the program's convolutions are all dense."""
+  case = FIXED[1]  # two feature groups; the kernel gradient has two batch groups
+  lhs, rhs = case.arrays(jnp.float32)
+  f = functools.partial(jaxconv.conv_general_dilated,
+                        algorithm="split_groups", **case.kwargs)
+  grad = jax.grad(lambda lhs, rhs: jnp.sum(f(lhs, rhs) ** 2), (0, 1))
+  program = jax.jit(grad).lower(lhs, rhs).as_text()
+  counts = set(re.findall(r"(?:feature|batch)_group_count = \d+", program))
+  assert counts <= {"feature_group_count = 1", "batch_group_count = 1"}, counts
+  # forward, input gradient and kernel gradient: two blocks each
+  assert program.count("stablehlo.convolution") == 6
+
+
 def test_default_choice_is_a_pure_function_of_geometry():
   def choice(lhs_shape, rhs_shape, backend, padding="SAME", **kw):
     geometry = jaxconv.make_conv_geometry(
@@ -415,5 +432,12 @@ def test_default_choice_is_a_pure_function_of_geometry():
                 **transposed) == "xla"
   assert choice((8, 28, 28, 128), (3, 3, 128, 64), "cpu",
                 **transposed) == "xla"
+  # Grouped: one dense convolution per group; depthwise stays "shifted".
+  assert choice((8, 28, 28, 128), (3, 3, 32, 128), "cpu",
+                feature_group_count=4) == "split_groups"
+  assert choice((8, 28, 28, 128), (3, 3, 32, 128), "gpu",
+                feature_group_count=4) == "xla"
+  assert choice((8, 28, 28, 128), (3, 3, 2, 128), "cpu",
+                feature_group_count=64) == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu",
                 algorithm="xla") == "xla"
