@@ -147,9 +147,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
   * a single output position (the kernel gradient of a 1x1 kernel):
     ``"window_dot"``, one matrix product;
   * few output positions, a large window, and batch groups, feature groups
-    or input dilation, as in the kernel gradient of a grouped, depthwise or
-    transposed convolution: ``"window_dot"`` (XLA's CPU kernel is slowest
-    exactly there);
+    or input dilation, as in the kernel gradient of a depthwise convolution
+    (or of one with more than 32 groups): ``"window_dot"`` (XLA's CPU
+    kernel is slowest exactly there);
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
