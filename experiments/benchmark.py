@@ -220,16 +220,26 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
       f()
   times = {k: [] for k in ("jaxconv_fwd", "lax_fwd", "jaxconv_fwdbwd",
                            "lax_fwdbwd", "torch_fwd", "torch_fwdbwd")}
-  for _ in range(repeats):                       # interleaved
-    for side in ("jaxconv", "lax"):
-      fwd, step = sides[side]
-      times[f"{side}_fwd"].append(timed(fwd, x, w))
-      times[f"{side}_fwdbwd"].append(timed(step, x, w))
-    if torch_fns:
-      for label, f in zip(("torch_fwd", "torch_fwdbwd"), torch_fns):
-        start = time.perf_counter()
-        f()
-        times[label].append(time.perf_counter() - start)
+  def run_jax(side):
+    fwd, step = sides[side]
+    times[f"{side}_fwd"].append(timed(fwd, x, w))
+    times[f"{side}_fwdbwd"].append(timed(step, x, w))
+
+  def run_torch():
+    for label, f in zip(("torch_fwd", "torch_fwdbwd"), torch_fns):
+      start = time.perf_counter()
+      f()
+      times[label].append(time.perf_counter() - start)
+
+  contenders = [lambda: run_jax("jaxconv"), lambda: run_jax("lax")]
+  if torch_fns:
+    contenders.append(run_torch)
+  for round_index in range(repeats):             # interleaved
+    # Rotate the order: whoever runs right after PyTorch's thread pool pays
+    # for it, so every contender takes that place equally often.
+    shift = round_index % len(contenders)
+    for run in contenders[shift:] + contenders[:shift]:
+      run()
   for label, values in times.items():
     row[f"{label}_ms"] = float(np.median(values)) * 1e3 if values else None
   work = 3 * flops(layer, batch, out_shape)
