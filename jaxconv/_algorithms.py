@@ -482,7 +482,6 @@ def phased(lhs, rhs, geometry, out_shape):
   return y
 
 
-
 # Groups, one convolution each (eqs. 6 and 17 read block by block).
 #
 # With G feature groups, output block g of eq. (6) sees only input feature
@@ -509,6 +508,7 @@ def split_groups(lhs, rhs, geometry, out_shape):
                          axis=rhs_spec[0])
     outputs.append(evaluate(x, w, sub, sub_out))
   return jnp.concatenate(outputs, axis=out_spec[1])
+
 
 def xla(lhs, rhs, geometry, out_shape):
   """XLA's native convolution."""
