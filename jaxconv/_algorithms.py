@@ -362,26 +362,26 @@ def window_dot(lhs, rhs, geometry, out_shape):
     patch = _window_slice(x, lhs_spec, starts, window, geometry.rhs_dilation)
     terms.append(_contract(patch, rhs, geometry, True, accumulate))
   # The terms have size-1 spatial axes; lay them out along those axes.
-  y = _interleave_positions(terms, out_spec, out_spatial)
+  y = _interleave(terms, out_spec, range(len(out_spatial)), out_spatial)
   return y.astype(geometry.preferred_element_type or lhs.dtype)
 
 
-def _interleave_positions(terms, out_spec, out_spatial):
-  """Row-major list of per-position terms -> one array of the output."""
-  stacked = jnp.stack(terms, axis=0)
-  stacked = stacked.reshape(tuple(out_spatial) + terms[0].shape)
-  n = len(out_spatial)
-  # Each leading position axis replaces the size-1 axis it belongs to.
-  perm, squeeze = [], []
-  for axis in range(terms[0].ndim):
-    if axis in out_spec[2:]:
-      perm.append(out_spec[2:].index(axis))
-      squeeze.append(n + axis)
-    perm.append(n + axis)
-  shape = list(terms[0].shape)
-  for axis, m in zip(out_spec[2:], out_spatial):
-    shape[axis] = m
-  return jnp.transpose(stacked, perm).reshape(shape)
+def _interleave(blocks, out_spec, dims, factors):
+  """Equal-shape blocks, one per index ``(p_1, ..., p_r)`` in row-major
+  order over the spatial dims ``dims``, into one array in which block ``p``
+  fills positions ``f_j*q + p_j`` of dim ``j``: the reshape
+  ``(q, p) -> f*q + p`` of eq. (23), and, with blocks of one position each,
+  the assembly of ``window_dot``'s per-position terms."""
+  shape = blocks[0].shape
+  stacked = jnp.stack(blocks, axis=-1).reshape(shape + tuple(factors))
+  perm, merged = [], list(shape)
+  for axis in range(len(shape)):
+    perm.append(axis)
+    for j, i in enumerate(dims):
+      if out_spec[2 + i] == axis:
+        perm.append(len(shape) + j)
+        merged[axis] *= factors[j]
+  return jnp.transpose(stacked, perm).reshape(merged)
 
 # Input dilation, phase by phase: docs/derivation.md eq. (23).
 #
@@ -463,21 +463,9 @@ def phased(lhs, rhs, geometry, out_shape):
     if any(hi for _, hi, _ in pads):
       block = lax.pad(block, jnp.zeros((), block.dtype), pads)
     blocks.append(block)
-  # Interleave: phase axes (one per dilated dim) go right after their
-  # spatial axis, then each (rows, a) pair merges into a*rows and is cropped.
-  stacked = jnp.stack(blocks, axis=-1)
-  stacked = stacked.reshape(tuple(padded_shape) + tuple(dilations))
-  perm = []
-  for axis in range(len(out_shape)):
-    perm.append(axis)
-    for j, i in enumerate(dims):
-      if out_spec[2 + i] == axis:
-        perm.append(len(out_shape) + j)
-  merged = list(padded_shape)
-  for i, a in zip(dims, dilations):
-    merged[out_spec[2 + i]] *= a
-  y = jnp.transpose(stacked, perm).reshape(merged)
-  if tuple(merged) != tuple(out_shape):
+  # Interleave the phases, (rows, a) -> a*rows, and crop to the output.
+  y = _interleave(blocks, out_spec, dims, dilations)
+  if tuple(y.shape) != tuple(out_shape):
     y = lax.slice(y, [0] * y.ndim, out_shape)
   return y
 
