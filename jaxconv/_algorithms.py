@@ -40,8 +40,11 @@ transposed into a working layout; XLA lays out each contraction.
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
 and the backend; a user can force an algorithm with the ``algorithm=``
 keyword or the ``use_algorithm`` context manager. A forced algorithm is used
-for every convolution of the rule whose size it supports (at most
-``MAX_UNROLLED`` taps or output positions), and XLA's kernel for the rest.
+for every convolution of the rule whose shape it supports (at most
+``MAX_UNROLLED`` taps, output positions, phases or groups; ``"phased"``
+needs input dilation, ``"split_groups"`` groups), and XLA's kernel for the
+rest. Inside ``"phased"`` and ``"split_groups"`` a forced choice therefore
+leaves the undilated phases and the dense groups to XLA.
 """
 
 from __future__ import annotations
@@ -54,14 +57,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 ALGORITHMS = ("auto", "xla", "shifted", "window_dot", "phased",
               "split_groups")
 
 # Largest number of unrolled terms (kernel taps for "shifted", output
-# positions for "window_dot"): beyond it compile time grows for little gain.
+# positions for "window_dot", phases for "phased", groups for
+# "split_groups"): beyond it compile time grows for little gain.
 MAX_UNROLLED = 64
 
 _ALGORITHM = contextvars.ContextVar("jaxconv_algorithm", default="auto")
@@ -220,7 +223,7 @@ def _prepared_input(x, geometry):
 
 
 def _window_slice(x, spec, starts, counts, steps):
-  """``x[..., start + step * m, ...]`` for ``m < count`` on each spatial axis."""
+  """``x[..., start + step * m, ...]`` for ``m < count``, per spatial axis."""
   start, limit, stride = [0] * x.ndim, list(x.shape), [1] * x.ndim
   for axis, b, m, s in zip(spec[2:], starts, counts, steps):
     start[axis], limit[axis], stride[axis] = b, b + s * (m - 1) + 1, s
@@ -382,6 +385,7 @@ def _interleave(blocks, out_spec, dims, factors):
         perm.append(len(shape) + j)
         merged[axis] *= factors[j]
   return jnp.transpose(stacked, perm).reshape(merged)
+
 
 # Input dilation, phase by phase: docs/derivation.md eq. (23).
 #

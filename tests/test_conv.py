@@ -355,7 +355,8 @@ def test_each_algorithm_fixed_cases(algorithm, case):
 
 @pytest.mark.parametrize("algorithm", ["shifted", "window_dot", "phased",
                                        "split_groups"])
-@pytest.mark.parametrize("case", FIXED[:2] + PHASED, ids=FIXED_IDS[:2] + PHASED_IDS)
+@pytest.mark.parametrize("case", FIXED[:2] + PHASED,
+                         ids=FIXED_IDS[:2] + PHASED_IDS)
 def test_each_algorithm_check_grads(algorithm, case):
   lhs, rhs = case.arrays(jnp.float64)
   with jaxconv.use_algorithm(algorithm):
@@ -389,13 +390,14 @@ def test_phased_leaves_no_input_dilation():
   program = jax.jit(grad).lower(lhs, rhs).as_text()
   dilations = set(re.findall(r"lhs_dilate = \[[0-9, ]*\]", program))
   assert dilations <= {"lhs_dilate = [1, 1]"}, dilations
-  # Forward: 2 x 3 phases; kernel gradient: 2 x 3 phases, some of them empty.
+  # Forward and kernel gradient: 2 x 3 phases each.
   assert program.count("stablehlo.convolution") > 6
 
 
 def test_split_groups_leaves_no_groups():
   """Forced "split_groups", the program's convolutions are all dense."""
-  case = FIXED[1]  # two feature groups; the kernel gradient has two batch groups
+  case = FIXED[1]  # two feature groups: the kernel gradient has two batch
+                   # groups
   lhs, rhs = case.arrays(jnp.float32)
   f = functools.partial(jaxconv.conv_general_dilated,
                         algorithm="split_groups", **case.kwargs)
@@ -432,7 +434,7 @@ def test_default_choice_is_a_pure_function_of_geometry():
                 **transposed) == "xla"
   assert choice((8, 28, 28, 128), (3, 3, 128, 64), "cpu",
                 **transposed) == "xla"
-  # Grouped: one dense convolution per group; depthwise stays "shifted".
+  # Grouped: one dense convolution per group, up to 32 groups.
   assert choice((8, 28, 28, 128), (3, 3, 32, 128), "cpu",
                 feature_group_count=4) == "split_groups"
   assert choice((8, 28, 28, 128), (3, 3, 32, 128), "gpu",
