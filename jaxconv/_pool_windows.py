@@ -11,7 +11,8 @@ This module holds the pieces shared by the max, min, average and Lp rules:
 * :class:`PoolGeometry`, the hashable value the public functions build once
   (:func:`pool_geometry`) and pass to the rules as a static argument;
 * :func:`window_view`, the strided slice that lines up the taps of offset ``k``
-  of every window with the output grid (the forward gather);
+  of every window with the output grid (the forward gather), read either from
+  the input itself or from the input padded once by :func:`pad_to_covered`;
 * :func:`scatter_to_input`, its transpose: the sum over offsets of per-window
   terms placed back at their taps, computed phase by phase (eq. (46));
 * static NumPy tables derived from the geometry: which taps are real, the first
@@ -23,6 +24,7 @@ batch axis. The public functions flatten and restore the user's leading axes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -273,34 +275,73 @@ def divisor_table(geometry: PoolGeometry, count_include_pad: bool) -> np.ndarray
 # ----------------------------------------------------------------------------
 
 
-def pad_to_covered(x: jax.Array, geometry: PoolGeometry, value) -> jax.Array:
-  """Pads (or crops) the spatial axes of ``x`` to the covered extent."""
+def pad_to_covered(x: jax.Array, geometry: PoolGeometry,
+                   pad_value) -> tuple[jax.Array, PoolGeometry]:
+  """Pads (or crops) the input to the extent its windows cover.
+
+  For rules that read every tap's view more than once (max and min: the
+  extremum and its winner; Lp: the largest magnitude and the scaled sum).
+  XLA stores a padded view that has two readers, so padding the input once
+  and slicing it moves less memory than one padded copy per tap. Average
+  pooling reads each view once and calls :func:`window_view` on the input
+  directly.
+
+  Returns:
+    ``(padded, covering)``: the padded input and the geometry of its windows
+    in it (no padding), for :func:`window_view`.
+  """
   config = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in geometry.edge_pads]
   config.append((0, 0, 0))
+  covering = geometry._replace(in_sizes=geometry.covered,
+                               padding=((0, 0),) * geometry.rank)
   if all(lo == 0 and hi == 0 for lo, hi, _ in config):
-    return x
-  return lax.pad(x, jnp.asarray(value, x.dtype), config)
+    return x, covering
+  return lax.pad(x, jnp.asarray(pad_value, x.dtype), config), covering
 
 
-def window_view(padded: jax.Array, geometry: PoolGeometry,
-                offset: Sequence[int]) -> jax.Array:
-  """Tap ``offset`` of every window: ``padded[:, s*i + d*k, :]``, eq. (32).
+def _tap_range(n: int, lo: int, s: int, d: int, k: int, out: int):
+  """The windows ``[first, last]`` whose tap ``k`` lands inside ``[0, n)``."""
+  first = max(0, -((d * k - lo) // s))       # ceil((lo - d*k) / s), at least 0
+  last = min(out - 1, (n - 1 + lo - d * k) // s)
+  return first, last
+
+
+def window_view(x: jax.Array, geometry: PoolGeometry, offset: Sequence[int],
+                pad_value) -> jax.Array:
+  """Tap ``offset`` of every window: ``x[:, s*i + d*k - lo, :]``, eq. (32).
+
+  Windows whose tap falls in the padding (or past the input, in ceil mode)
+  read ``pad_value``. Only the output-sized view is padded, never the input:
+  the view is a strided slice of ``x`` over the windows whose tap is real,
+  padded out to all windows, which XLA fuses into whatever consumes it.
 
   Args:
-    padded: a canonical array already padded by :func:`pad_to_covered`.
+    x: a canonical input ``(batch, *in_sizes, features)``.
     geometry: the pooling geometry.
     offset: the window offset ``k``, one int per spatial dimension.
+    pad_value: the value of a tap in the padding.
 
   Returns:
     An array of shape ``(batch, *out_sizes, features)``.
   """
-  start = [0] + [k * d for k, d in zip(offset, geometry.dilation)] + [0]
-  limit = [padded.shape[0]]
-  limit += [k * d + (out - 1) * s + 1 for k, d, out, s in zip(
-      offset, geometry.dilation, geometry.out_sizes, geometry.strides)]
-  limit.append(padded.shape[-1])
-  strides = (1,) + geometry.strides + (1,)
-  return lax.slice(padded, start, limit, strides)
+  start, limit, config = [0], [x.shape[0]], [(0, 0, 0)]
+  for n, (lo, _), s, d, k, out in zip(geometry.in_sizes, geometry.padding,
+                                      geometry.strides, geometry.dilation,
+                                      offset, geometry.out_sizes):
+    first, last = _tap_range(n, lo, s, d, k, out)
+    if first > last:  # This tap is padding in every window.
+      shape = (x.shape[0],) + geometry.out_sizes + (x.shape[-1],)
+      return jnp.full(shape, pad_value, x.dtype)
+    start.append(s * first + d * k - lo)
+    limit.append(s * last + d * k - lo + 1)
+    config.append((first, out - 1 - last, 0))
+  start.append(0)
+  limit.append(x.shape[-1])
+  config.append((0, 0, 0))
+  view = lax.slice(x, start, limit, (1,) + geometry.strides + (1,))
+  if any(lo or hi for lo, hi, _ in config):
+    view = lax.pad(view, jnp.asarray(pad_value, x.dtype), config)
+  return view
 
 
 def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
@@ -311,11 +352,13 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
   Computes ``dx[j] = sum over (i, k) with t(i, k) = j of term(k)[i]``, the
   transpose of :func:`window_view` summed over offsets. Instead of adding one
   full-size strided update per offset, the padded line is split into its
-  ``stride`` phases: position ``q*s + r`` receives only the offsets with
+  ``stride`` phases: position ``p = q*s + r`` receives only the offsets with
   ``k*d = r (mod s)``, from window ``i = q - (k*d) // s``. Each phase is a sum
   of shifted output-sized arrays, and the phases interleave back by a
-  reshape. With non-overlapping windows (``window == stride``, no dilation)
-  every phase is a single term and the whole scatter is one reshape.
+  reshape. A term used at several shifts (as in average pooling, where
+  every offset sends the same array) is padded once and sliced per shift.
+  With non-overlapping windows (``window == stride``, no dilation) every
+  phase is a single term and the whole scatter is one reshape.
 
   Args:
     term: ``term(flat_offset, offset)`` returns the value every window sends to
@@ -331,41 +374,66 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
     are dropped.
   """
   rank = geometry.rank
-  phases = tuple(-(-c // s) for c, s in zip(geometry.covered, geometry.strides))
+  # Phase position q of residue r is the padded position q * s + r; the
+  # phases span the covered extent, which the end crops to the input.
+  phase_len = tuple(-(-c // s) for c, s in zip(geometry.covered,
+                                               geometry.strides))
   groups: dict[tuple[int, ...], list] = {}
+  values: dict[int, jax.Array] = {}   # id -> term, kept alive while in use
+  shifts: dict[int, set] = {}
   for flat, offset in enumerate(geometry.offsets):
     residue = tuple((k * d) % s for k, d, s in zip(
         offset, geometry.dilation, geometry.strides))
+    # Window i = q - shift sends tap k to phase position q.
     shift = tuple((k * d) // s for k, d, s in zip(
         offset, geometry.dilation, geometry.strides))
-    groups.setdefault(residue, []).append((flat, offset, shift))
+    value = term(flat, offset)
+    values[id(value)] = value
+    shifts.setdefault(id(value), set()).add(shift)
+    groups.setdefault(residue, []).append((id(value), shift))
 
   zero = jnp.zeros((), dtype)
-  # Identical phases (the same term objects with the same shifts, as in
-  # average pooling) are built once and recognised by their key, so that the
-  # interleaving below can broadcast them instead of concatenating copies.
-  # The terms stay referenced in `alive` so that no id is reused meanwhile.
+
+  def pads(shift):
+    # Phase position q holds window q - shift: pad lo = shift.
+    return [(j, p - out - j) for j, p, out in zip(shift, phase_len,
+                                                  geometry.out_sizes)]
+
+  # A term used at several shifts is padded once to cover all of them.
+  padded_once = {}
+  for key, used in shifts.items():
+    if len(used) > 1:
+      config = [tuple(max(0, max(pair[i] for pair in pair_list))
+                      for i in range(2))
+                for pair_list in zip(*(pads(shift) for shift in used))]
+      padded_once[key] = (config, lax.pad(
+          values[key], zero,
+          [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in config] + [(0, 0, 0)]))
+
+  def placed(key, shift):
+    if key in padded_once:
+      config, padded = padded_once[key]
+      start = [0] + [lo - j for (lo, _), j in zip(config, shift)] + [0]
+      limit = [batch] + [a + p for a, p in zip(start[1:], phase_len)]
+      limit.append(features)
+      return lax.slice(padded, start, limit)
+    config = [(lo, hi, 0) for lo, hi in pads(shift)]
+    if not any(lo or hi for lo, hi, _ in config):
+      return values[key]
+    return lax.pad(values[key], zero, [(0, 0, 0)] + config + [(0, 0, 0)])
+
   built: dict[tuple, jax.Array] = {}
-  alive: list = []
 
   def phase(residue):
-    values = [(term(flat, offset), shift)
-              for flat, offset, shift in groups.get(residue, ())]
-    alive.append(values)
-    key = tuple((id(value), shift) for value, shift in values)
-    if key in built:
-      return key, built[key]
-    total = None
-    for value, shift in values:
-      config = [(0, 0, 0)] + [(j, q - out - j, 0) for j, q, out in zip(
-          shift, phases, geometry.out_sizes)] + [(0, 0, 0)]
-      if any(lo or hi for lo, hi, _ in config):
-        value = lax.pad(value, zero, config)
-      total = value if total is None else total + value
-    if total is None:
-      total = jnp.zeros((batch,) + phases + (features,), dtype)
-    built[key] = total
-    return key, total
+    # Identical phases (the same terms at the same shifts, as in average
+    # pooling) are built once and recognised by their key, so that the
+    # interleaving below can broadcast them instead of concatenating copies.
+    key = tuple(groups.get(residue, ()))
+    if key not in built:
+      parts = [placed(*item) for item in key]
+      built[key] = (functools.reduce(jnp.add, parts) if parts else
+                    jnp.zeros((batch,) + phase_len + (features,), dtype))
+    return key, built[key]
 
   def interleave(prefix):
     # Stacks the phases of dimension len(prefix) next to its q axis and merges
@@ -395,9 +463,10 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
     return key, merged
 
   _, full = interleave(())
-  # `full` spans [0, phases * s) of the padded line; keep [lo, lo + n).
+  # `full` spans the padded positions [0, phase_len * s); keep the input's
+  # [lo, lo + n), with zeros for input that no window reads.
   config = [(0, 0, 0)] + [(-lo, lo + n - q * s, 0) for (lo, _), n, q, s in zip(
-      geometry.padding, geometry.in_sizes, phases, geometry.strides)]
+      geometry.padding, geometry.in_sizes, phase_len, geometry.strides)]
   config.append((0, 0, 0))
   if all(lo == 0 and hi == 0 for lo, hi, _ in config):
     return full

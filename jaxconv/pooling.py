@@ -355,11 +355,11 @@ def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
     int dtype that holds ``window_size - 1``.
   """
   pad_value = -jnp.inf if select == _MAX else jnp.inf
-  padded = windows.pad_to_covered(x, geometry, pad_value)
+  padded, covering = windows.pad_to_covered(x, geometry, pad_value)
   offset_dtype = windows.offset_dtype(geometry)
   best = offsets = None
   for flat, offset in enumerate(geometry.offsets):
-    value = windows.window_view(padded, geometry, offset)
+    value = windows.window_view(padded, covering, offset, pad_value)
     if best is None:
       best, offsets = value, jnp.zeros(value.shape, offset_dtype)
       continue
@@ -761,10 +761,12 @@ def window_average(x, geometry: PoolGeometry, count_include_pad: bool,
     ``(batch, *out_sizes, features)`` in ``x``'s dtype.
   """
   dtype = windows.accumulation_dtype(x.dtype)
-  padded = windows.pad_to_covered(x.astype(dtype), geometry, 0)
+  wide = x.astype(dtype)
+  # Each view is read once, by the sum: it is sliced from the unpadded input
+  # and fuses into the sum, so no padded copy of the input is stored.
   total = None
   for offset in geometry.offsets:
-    value = windows.window_view(padded, geometry, offset)
+    value = windows.window_view(wide, geometry, offset, 0)
     total = value if total is None else total + value
   divisors = _divisors_like(geometry, count_include_pad, divisor_override,
                             dtype)
@@ -939,8 +941,9 @@ def lp_norm(x, geometry: PoolGeometry, p: float):
     for 16-bit dtypes).
   """
   dtype = windows.accumulation_dtype(x.dtype)
-  padded = windows.pad_to_covered(jnp.abs(x.astype(dtype)), geometry, 0)
-  views = [windows.window_view(padded, geometry, offset)
+  padded, covering = windows.pad_to_covered(jnp.abs(x.astype(dtype)),
+                                             geometry, 0)
+  views = [windows.window_view(padded, covering, offset, 0)
            for offset in geometry.offsets]
   if p == 1:
     return functools.reduce(jnp.add, views).astype(x.dtype)
@@ -968,7 +971,7 @@ def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
     The input gradient, ``x``'s shape and dtype; 0 where ``x = 0``.
   """
   dtype = windows.accumulation_dtype(x.dtype)
-  padded = windows.pad_to_covered(x.astype(dtype), geometry, 0)
+  padded, covering = windows.pad_to_covered(x.astype(dtype), geometry, 0)
   g = cotangent.astype(dtype)
   one = jnp.ones((), dtype)
   zero = jnp.zeros((), dtype)
@@ -976,7 +979,7 @@ def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
 
   def term(flat, offset):
     del flat
-    value = windows.window_view(padded, geometry, offset)
+    value = windows.window_view(padded, covering, offset, 0)
     if p == 1:
       return g * jnp.sign(value)
     magnitude = jnp.abs(value)
@@ -1034,11 +1037,11 @@ def max_abs_and_offsets(x, geometry: PoolGeometry):
     ``(y, offsets, signs)``: ``y`` and ``signs`` in ``x``'s dtype, ``offsets``
     the flat winner offsets as in :func:`extremum_and_offsets`.
   """
-  padded = windows.pad_to_covered(x, geometry, 0)
+  padded, covering = windows.pad_to_covered(x, geometry, 0)
   offset_dtype = windows.offset_dtype(geometry)
   best = winner = offsets = None
   for flat, offset in enumerate(geometry.offsets):
-    value = windows.window_view(padded, geometry, offset)
+    value = windows.window_view(padded, covering, offset, 0)
     magnitude = jnp.abs(value)
     if best is None:
       best, winner = magnitude, value

@@ -65,30 +65,36 @@ GEOMETRIES = [
     ((9, 8), (2, 3), (2, 1), (3, 2), ((1, 1), (1, 0)), False),
     ((6, 5), (3, 3), (2, 2), (1, 1), "SAME", True),
     ((10, 3), (2, 1), (4, 2), (1, 1), "VALID", False),  # gaps
+    ((9, 7), (2, 3), (3, 2), (1, 1), "VALID", False),  # unread last inputs
     ((5, 6, 4), (2, 3, 2), (2, 1, 3), (1, 2, 1), ((1, 1), (0, 2), (1, 0)),
      True),
 ]
 
 
+@pytest.mark.parametrize("shared", [False, True],
+                         ids=["distinct-terms", "shared-terms"])
 @pytest.mark.parametrize("geometry_args", GEOMETRIES)
-def test_scatter_is_the_transpose_of_the_gather(geometry_args):
+def test_scatter_is_the_transpose_of_the_gather(geometry_args, shared):
+  # With `shared`, offsets send the same array object (every other one), as
+  # average pooling does: the scatter pads such a term once and slices it.
   geometry = _geometry_of(*geometry_args)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2,) + geometry.in_sizes + (3,)))
-  terms = [jnp.asarray(rng.normal(size=(2,) + geometry.out_sizes + (3,)))
-           for _ in geometry.offsets]
-
+  count = 2 if shared else len(geometry.offsets)
+  distinct = [jnp.asarray(rng.normal(size=(2,) + geometry.out_sizes + (3,)))
+              for _ in range(count)]
+  terms = [distinct[flat % count] for flat in range(len(geometry.offsets))]
 
   @jax.jit
-  def both(x, terms):
-    padded = windows.pad_to_covered(x, geometry, 0.0)
-    gathered = sum(jnp.vdot(windows.window_view(padded, geometry, k), t)
-                   for k, t in zip(geometry.offsets, terms))
-    scattered = windows.scatter_to_input(lambda flat, offset: terms[flat],
-                                         geometry, 2, 3, x.dtype)
+  def both(x, distinct):
+    gathered = sum(
+        jnp.vdot(windows.window_view(x, geometry, k, 0.0), distinct[f % count])
+        for f, k in enumerate(geometry.offsets))
+    scattered = windows.scatter_to_input(
+        lambda flat, offset: distinct[flat % count], geometry, 2, 3, x.dtype)
     return gathered, scattered
 
-  gathered, scattered = both(x, terms)
+  gathered, scattered = both(x, distinct)
   np.testing.assert_allclose(jnp.vdot(x, scattered), gathered, rtol=1e-12)
   # And against a loop over the tap table.
   expected = np.zeros(x.shape)
@@ -100,6 +106,28 @@ def test_scatter_is_the_transpose_of_the_gather(geometry_args):
         expected[(slice(None),) + t] += np.asarray(terms[flat])[
             (slice(None),) + o]
   np.testing.assert_allclose(scattered, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("geometry_args", GEOMETRIES)
+def test_views_of_the_padded_input_match_the_direct_views(geometry_args):
+  # The two ways of reading tap k: slicing the unpadded input and padding the
+  # view (average pooling), or padding the input once and slicing it (max,
+  # min, Lp) -- against a literal loop over the tap table.
+  geometry = _geometry_of(*geometry_args)
+  x = np.random.default_rng(1).normal(size=(2,) + geometry.in_sizes + (3,))
+  padded, covering = windows.pad_to_covered(jnp.asarray(x), geometry, -7.0)
+  assert covering.out_sizes == geometry.out_sizes
+  positions = windows.tap_positions(geometry)
+  for k in geometry.offsets:
+    expected = np.full((2,) + geometry.out_sizes + (3,), -7.0)
+    for o in itertools.product(*(range(n) for n in geometry.out_sizes)):
+      t = tuple(positions[d][o[d], k[d]] for d in range(geometry.rank))
+      if all(0 <= ti < n for ti, n in zip(t, geometry.in_sizes)):
+        expected[(slice(None),) + o] = x[(slice(None),) + t]
+    direct = windows.window_view(jnp.asarray(x), geometry, k, -7.0)
+    through_padding = windows.window_view(padded, covering, k, -7.0)
+    np.testing.assert_array_equal(direct, expected)
+    np.testing.assert_array_equal(through_padding, expected)
 
 
 @pytest.mark.parametrize("geometry_args", GEOMETRIES)
