@@ -501,7 +501,7 @@ def make_conv_geometry(
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
       default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
-      ``"phased"`` or ``"split_groups"``.
+      ``"phased"``, ``"split_groups"`` or ``"chunked"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -648,8 +648,8 @@ def conv_general_dilated(
     preferred_element_type: accumulation and result dtype, or ``None``.
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
-      ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"`` or
-      ``"split_groups"`` (see ``docs/performance.md``). The results are the
+      ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"``,
+      ``"split_groups"`` or ``"chunked"`` (see ``docs/performance.md``). The results are the
       same up to rounding.
 
   Returns:

@@ -195,6 +195,20 @@ PHASED = [
 ]
 PHASED_IDS = ["phased-2d-groups", "phased-mixed", "phased-1d-batch-groups"]
 
+# More than CHUNK_SAMPLES samples, so that "chunked" splits them: a batch of
+# 19 (chunks of 8, 8 and 3) in NCHW and in NHWC with stride and dilation;
+# the kernel gradient then chunks its contracted batch.
+CHUNKED = [
+    Case((19, 3, 6, 5), (4, 3, 2, 2), dict(window_strides=(1, 1),
+                                           padding="SAME")),
+    Case((17, 7, 6, 2), (3, 2, 2, 4), dict(
+        window_strides=(2, 1), padding=((1, 0), (2, 1)), rhs_dilation=(1, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+]
+CHUNKED_IDS = ["chunked-nchw", "chunked-nhwc-stride-dil"]
+ALL_ALGORITHMS = ["xla", "shifted", "window_dot", "phased", "split_groups",
+                  "chunked"]
+
 
 @pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
 def test_fixed_cases_float32(case):
@@ -335,8 +349,7 @@ def test_scaled_error_is_not_vacuous():
 
 # Every algorithm against the same oracles (the default sweep above runs
 # "auto"; here each one is forced for every convolution it supports).
-@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased",
-                                       "split_groups"])
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
 @hypothesis.settings(max_examples=examples(8), deadline=None)
 @hypothesis.given(case=conv_cases())
 def test_each_algorithm_matches_lax(algorithm, case):
@@ -344,19 +357,17 @@ def test_each_algorithm_matches_lax(algorithm, case):
     compare_with_lax(case, jnp.float64)
 
 
-@pytest.mark.parametrize("algorithm", ["xla", "shifted", "window_dot", "phased",
-                                       "split_groups"])
-@pytest.mark.parametrize("case", FIXED + PHASED,
-                         ids=FIXED_IDS + PHASED_IDS)
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
+@pytest.mark.parametrize("case", FIXED + PHASED + CHUNKED,
+                         ids=FIXED_IDS + PHASED_IDS + CHUNKED_IDS)
 def test_each_algorithm_fixed_cases(algorithm, case):
   with jaxconv.use_algorithm(algorithm):
     compare_with_lax(case, jnp.float32)
 
 
-@pytest.mark.parametrize("algorithm", ["shifted", "window_dot", "phased",
-                                       "split_groups"])
-@pytest.mark.parametrize("case", FIXED[:2] + PHASED,
-                         ids=FIXED_IDS[:2] + PHASED_IDS)
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS[1:])
+@pytest.mark.parametrize("case", FIXED[:2] + PHASED + CHUNKED[1:],
+                         ids=FIXED_IDS[:2] + PHASED_IDS + CHUNKED_IDS[1:])
 def test_each_algorithm_check_grads(algorithm, case):
   lhs, rhs = case.arrays(jnp.float64)
   with jaxconv.use_algorithm(algorithm):
@@ -409,6 +420,23 @@ def test_split_groups_leaves_no_groups():
   assert program.count("stablehlo.convolution") == 6
 
 
+def test_chunked_splits_the_samples():
+  """Forced "chunked", every convolution sees at most CHUNK_SAMPLES samples:
+  the forward and input gradient on their batch, the kernel gradient on its
+  contracted feature axis (the forward batch)."""
+  case = CHUNKED[1]
+  lhs, rhs = case.arrays(jnp.float32)
+  f = functools.partial(jaxconv.conv_general_dilated, algorithm="chunked",
+                        **case.kwargs)
+  grad = jax.grad(lambda lhs, rhs: jnp.sum(f(lhs, rhs) ** 2), (0, 1))
+  program = jax.jit(grad).lower(lhs, rhs).as_text()
+  # 17 samples: chunks of 8, 8 and 1 for each of the three convolutions.
+  assert program.count("stablehlo.convolution") == 9
+  operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
+                        program)
+  assert operands and all(int(n) <= 8 for n in operands), operands
+
+
 def test_default_choice_is_a_pure_function_of_geometry():
   def choice(lhs_shape, rhs_shape, backend, padding="SAME", **kw):
     geometry = jaxconv.make_conv_geometry(
@@ -422,6 +450,18 @@ def test_default_choice_is_a_pure_function_of_geometry():
                 feature_group_count=128) == "shifted"
   assert choice((8, 56, 56, 64), (3, 3, 64, 64), "cpu") == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "gpu") == "xla"
+  # Large dense layers with more than 8 samples: in chunks of 8 on the CPU;
+  # small ones (such as the dilated benchmark layer) stay whole.
+  assert choice((32, 56, 56, 64), (3, 3, 64, 64), "cpu") == "chunked"
+  assert choice((32, 56, 56, 64), (3, 3, 64, 64), "gpu") == "xla"
+  assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu",
+                rhs_dilation=2) == "xla"
+  assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu") == "xla"
+  # ... and so do forward passes whose output is more than twice their input
+  # (the chunks' outputs are concatenated).
+  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu") == "xla"
+  assert choice((32, 56, 56, 64), (3, 3, 32, 64), "cpu",
+                feature_group_count=2) == "split_groups"
   # Input dilation (a transposed convolution, a strided input gradient).
   transposed = dict(padding=((2, 2), (2, 2)), lhs_dilation=2)
   assert choice((8, 28, 28, 64), (4, 4, 64, 32), "cpu",
