@@ -71,9 +71,9 @@ from jax import lax
 ALGORITHMS = ("auto", "xla", "shifted", "window_dot", "phased",
               "split_groups", "chunked")
 
-# Largest number of unrolled terms (kernel taps for "shifted", output
-# positions for "window_dot", phases for "phased", groups for
-# "split_groups"): beyond it compile time grows for little gain.
+# Largest number of terms (kernel taps for "shifted", output positions for
+# "window_dot", phases for "phased", groups for "split_groups", chunks for
+# "chunked"): beyond it compile time grows for little gain.
 MAX_UNROLLED = 64
 
 # "chunked": samples per chunk, and the operand size (elements of the larger

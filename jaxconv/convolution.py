@@ -649,8 +649,8 @@ def conv_general_dilated(
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
       ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"``,
-      ``"split_groups"`` or ``"chunked"`` (see ``docs/performance.md``). The results are the
-      same up to rounding.
+      ``"split_groups"`` or ``"chunked"`` (see ``docs/performance.md``).
+      The results are the same up to rounding.
 
   Returns:
     The convolution, in the layout of ``dimension_numbers``' output spec.
