@@ -196,8 +196,8 @@ PHASED = [
 PHASED_IDS = ["phased-2d-groups", "phased-mixed", "phased-1d-batch-groups"]
 
 # More than CHUNK_SAMPLES samples, so that "chunked" splits them: a batch of
-# 19 (chunks of 8, 8 and 3) in NCHW and in NHWC with stride and dilation;
-# the kernel gradient then chunks its contracted batch.
+# 19 (chunks of 8, 8 and 3) in NCHW, and of 17 (8, 8 and 1) in NHWC with
+# stride and dilation; the kernel gradient then chunks its contracted batch.
 CHUNKED = [
     Case((19, 3, 6, 5), (4, 3, 2, 2), dict(window_strides=(1, 1),
                                            padding="SAME")),
@@ -206,8 +206,7 @@ CHUNKED = [
         dimension_numbers=("NHWC", "HWIO", "NHWC"))),
 ]
 CHUNKED_IDS = ["chunked-nchw", "chunked-nhwc-stride-dil"]
-ALL_ALGORITHMS = ["xla", "shifted", "window_dot", "phased", "split_groups",
-                  "chunked"]
+ALL_ALGORITHMS = [name for name in jaxconv.ALGORITHMS if name != "auto"]
 
 
 @pytest.mark.parametrize("case", FIXED, ids=FIXED_IDS)
