@@ -591,6 +591,13 @@ def split_groups(lhs, rhs, geometry, out_shape):
   return jnp.concatenate(outputs, axis=out_spec[1])
 
 
+# Samples, a chunk at a time (eqs. 5 and 9 read chunk by chunk).
+#
+# Eq. (5) computes every sample of the batch on its own, so a batch chunk's
+# output is the output's block of those samples; eq. (9), the kernel
+# gradient, sums over the batch, which its geometry (10) contracts like an
+# input feature, so the gradient of a batch is the sum of its chunks'
+# gradients. Each chunk is evaluated by the algorithm chosen for it.
 def chunked(lhs, rhs, geometry, out_shape):
   """The samples (input axis 0) in chunks of ``CHUNK_SAMPLES``.
 

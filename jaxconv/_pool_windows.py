@@ -299,13 +299,6 @@ def pad_to_covered(x: jax.Array, geometry: PoolGeometry,
   return lax.pad(x, jnp.asarray(pad_value, x.dtype), config), covering
 
 
-def _tap_range(n: int, lo: int, s: int, d: int, k: int, out: int):
-  """The windows ``[first, last]`` whose tap ``k`` lands inside ``[0, n)``."""
-  first = max(0, -((d * k - lo) // s))       # ceil((lo - d*k) / s), at least 0
-  last = min(out - 1, (n - 1 + lo - d * k) // s)
-  return first, last
-
-
 def window_view(x: jax.Array, geometry: PoolGeometry, offset: Sequence[int],
                 pad_value) -> jax.Array:
   """Tap ``offset`` of every window: ``x[:, s*i + d*k - lo, :]``, eq. (32).
@@ -325,15 +318,16 @@ def window_view(x: jax.Array, geometry: PoolGeometry, offset: Sequence[int],
     An array of shape ``(batch, *out_sizes, features)``.
   """
   start, limit, config = [0], [x.shape[0]], [(0, 0, 0)]
-  for n, (lo, _), s, d, k, out in zip(geometry.in_sizes, geometry.padding,
-                                      geometry.strides, geometry.dilation,
-                                      offset, geometry.out_sizes):
-    first, last = _tap_range(n, lo, s, d, k, out)
-    if first > last:  # This tap is padding in every window.
+  for t, real, k, out in zip(tap_positions(geometry), real_taps(geometry),
+                             offset, geometry.out_sizes):
+    # t(i, k) grows with i, so the windows whose tap k is real are a run.
+    hits = np.flatnonzero(real[:, k])
+    if hits.size == 0:  # This tap is padding in every window.
       shape = (x.shape[0],) + geometry.out_sizes + (x.shape[-1],)
       return jnp.full(shape, pad_value, x.dtype)
-    start.append(s * first + d * k - lo)
-    limit.append(s * last + d * k - lo + 1)
+    first, last = int(hits[0]), int(hits[-1])
+    start.append(int(t[first, k]))
+    limit.append(int(t[last, k]) + 1)
     config.append((first, out - 1 - last, 0))
   start.append(0)
   limit.append(x.shape[-1])
