@@ -8,8 +8,9 @@ timed calls after a warm-up, each ended by ``block_until_ready``) of
 * ``jax.grad`` of ``lax.conv_general_dilated`` / ``lax.conv_transpose``,
 * PyTorch on the CPU, when ``torch`` is importable,
 
-plus GFLOP/s of the forward+backward and the temporary memory XLA reports for
-the compiled forward+backward. Ratios are jaxconv / lax (below 1: jaxconv is
+plus GFLOP/s of the forward+backward, the temporary memory XLA reports for
+the compiled forward+backward, and the minor page faults per forward+backward
+call (printed per layer and in the JSON file). Ratios are jaxconv / lax (below 1: jaxconv is
 faster). Writes a Markdown table (``--markdown``), a JSON file (``--json``) and
 a bar chart of the ratios (``--plot``).
 
@@ -26,6 +27,7 @@ import datetime
 import json
 import math
 import platform
+import resource
 import sys
 import time
 
@@ -220,10 +222,15 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
       f()
   times = {k: [] for k in ("jaxconv_fwd", "lax_fwd", "jaxconv_fwdbwd",
                            "lax_fwdbwd", "torch_fwd", "torch_fwdbwd")}
+  faults = {"jaxconv": [], "lax": []}
+
   def run_jax(side):
     fwd, step = sides[side]
     times[f"{side}_fwd"].append(timed(fwd, x, w))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times[f"{side}_fwdbwd"].append(timed(step, x, w))
+    faults[side].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                        - before)
 
   def run_torch():
     for label, f in zip(("torch_fwd", "torch_fwdbwd"), torch_fns):
@@ -242,6 +249,10 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
       run()
   for label, values in times.items():
     row[f"{label}_ms"] = float(np.median(values)) * 1e3 if values else None
+  for side, values in faults.items():
+    # Minor page faults per forward+backward call: on glibc a large
+    # temporary buffer is mapped afresh, and faulted in, on every call.
+    row[f"{side}_faults"] = float(np.median(values))
   work = 3 * flops(layer, batch, out_shape)
   row["jaxconv_gflops"] = work / (row["jaxconv_fwdbwd_ms"] * 1e-3) / 1e9
   row["lax_gflops"] = work / (row["lax_fwdbwd_ms"] * 1e-3) / 1e9
@@ -337,7 +348,9 @@ def main(argv=None) -> int:
       print(f"{layer.name:<32} b{batch:<3} {row['algorithms']:<24} "
             f"fwd+bwd jaxconv {row['jaxconv_fwdbwd_ms']:8.1f} ms  lax "
             f"{row['lax_fwdbwd_ms']:8.1f} ms  torch {torch_ms} ms  "
-            f"ratio {row['ratio_fwdbwd']:.2f}", flush=True)
+            f"ratio {row['ratio_fwdbwd']:.2f}  page faults "
+            f"{row['jaxconv_faults']:.0f} / {row['lax_faults']:.0f}",
+            flush=True)
   rate = matmul_gflops(args.repeats)
   table = markdown(rows, rate, args)
   print()

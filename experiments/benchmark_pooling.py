@@ -20,6 +20,10 @@ the cotangent, which moves exactly the bytes the pass must move at least
 (read x and ct, write dx and y). `lax / floor` is then the largest speed-up
 over lax that any implementation could reach on this machine.
 
+The last two columns are the median minor page faults per call of jaxconv
+and of flax/lax (``getrusage``): on glibc a large temporary buffer is mapped
+afresh on every call, and each 4 KiB page faulted in costs time.
+
 Usage:
     python experiments/benchmark_pooling.py [--reps 15] [--dtype float32]
 """
@@ -27,6 +31,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -128,22 +133,31 @@ def _block(result):
   return jax.block_until_ready(result)
 
 
+def _minor_faults() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _time_interleaved(contenders, reps, warmup=2):
-  """Median seconds per contender, timing one call of each per round."""
+  """Median seconds and median minor page faults per contender, timing one
+  call of each per round."""
   for fn in contenders.values():
     for _ in range(warmup):
       _block(fn())
   times = {name: [] for name in contenders}
+  faults = {name: [] for name in contenders}
   names = list(contenders)
   for round_index in range(reps):
     # Rotate the order: whoever runs right after PyTorch's thread pool pays
     # for it, so every contender takes that place equally often.
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
+      before = _minor_faults()
       start = time.perf_counter()
       _block(contenders[name]())
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(ts) for name, ts in times.items()}
+      faults[name].append(_minor_faults() - before)
+  return ({name: statistics.median(ts) for name, ts in times.items()},
+          {name: statistics.median(fs) for name, fs in faults.items()})
 
 
 def main():
@@ -167,6 +181,7 @@ def main():
             f"{'ratio':>6} {'floor':>7} {'lax/floor':>9}")
   if use_torch:
     header += f" {'torch':>8} {'ratio':>6}"
+  header += f" {'faults':>8} {'(lax)':>8}"
   print(header)
   for name, kind, window, strides, torch_padding in LAYERS:
     out_shape = jax.eval_shape(_jaxconv_pool(kind, window, strides), x).shape
@@ -184,13 +199,14 @@ def main():
                                             torch_padding, x, cotangent)
       forward["torch"], both["torch"] = torch_f, torch_fb
     for label, contenders in (("fwd", forward), ("fwd+bwd", both)):
-      t = _time_interleaved(contenders, args.reps)
+      t, faults = _time_interleaved(contenders, args.reps)
       line = (f"{name:<16} {label:<9} {t['jaxconv'] * 1e3:8.2f} "
               f"{t['flax'] * 1e3:9.2f} {t['flax'] / t['jaxconv']:6.2f}")
       line += (f" {t['floor'] * 1e3:7.2f} {t['flax'] / t['floor']:9.2f}"
                if "floor" in t else f" {'-':>7} {'-':>9}")
       if use_torch:
         line += f" {t['torch'] * 1e3:8.2f} {t['torch'] / t['jaxconv']:6.2f}"
+      line += f" {faults['jaxconv']:8.0f} {faults['flax']:8.0f}"
       print(line, flush=True)
 
 
