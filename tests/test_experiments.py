@@ -107,3 +107,61 @@ def test_too_many_devices_is_explained():
     sys.path.remove(str(EXPERIMENTS))
   with pytest.raises(SystemExit, match="xla_force_host_platform_device_count"):
     training._mesh(64, 64)
+
+
+def _benchmark_module():
+  sys.path.insert(0, str(EXPERIMENTS))
+  try:
+    import benchmark
+  finally:
+    sys.path.remove(str(EXPERIMENTS))
+  return benchmark
+
+
+def test_benchmark_step_computes_the_forward_pass():
+  # A convolution is linear: its gradients do not need its output, so a step
+  # that returned only the gradients would let XLA drop the forward pass and
+  # time the backward alone. Both contenders' compiled steps must hold all
+  # three convolutions and return the output with the gradients.
+  import functools
+  import jax
+  import jax.numpy as jnp
+  benchmark = _benchmark_module()
+  layer = benchmark.QUICK[-1]                 # a dense 3x3 layer
+  x_shape, w_shape = layer.shapes(2)
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  w = jax.random.normal(jax.random.key(1), w_shape)
+  ours, theirs = benchmark.functions(layer)
+  cotangent = jax.random.normal(jax.random.key(2),
+                                jax.eval_shape(theirs, x, w).shape)
+  for f in (ours, theirs):
+    step = jax.jit(functools.partial(benchmark.forward_backward, f,
+                                     cotangent))
+    hlo = step.lower(x, w).compile().as_text()
+    assert len(re.findall(r"= \w+\[[\d,]*\]\S* convolution\(", hlo)) == 3
+    y, (dx, dw) = step(x, w)
+    np.testing.assert_allclose(y, theirs(x, w), rtol=1e-5, atol=1e-5)
+    want = jax.grad(lambda x, w: jnp.sum(theirs(x, w) * cotangent),
+                    (0, 1))(x, w)
+    np.testing.assert_allclose(dx, want[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dw, want[1], rtol=1e-5, atol=1e-4)
+
+
+def test_benchmark_quick_run(tmp_path):
+  python([EXPERIMENTS / "benchmark.py", "--quick", "--no-torch",
+          "--repeats", "3", "--json", tmp_path / "rows.json",
+          "--markdown", tmp_path / "table.md"], tmp_path)
+  results = json.loads((tmp_path / "rows.json").read_text())
+  rows = results["rows"]
+  assert [row["layer"] for row in rows] == [
+      layer.name for layer in _benchmark_module().QUICK]
+  for row in rows:
+    assert len(row["algorithms"].split("/")) == 3, row
+    for key in ("jaxconv_fwd_ms", "lax_fwd_ms", "jaxconv_fwdbwd_ms",
+                "lax_fwdbwd_ms", "jaxconv_gflops", "ratio_fwdbwd"):
+      assert row[key] > 0, (key, row)
+  assert results["matmul_gflops"] > 0
+  table = (tmp_path / "table.md").read_text()
+  # Header, separator and one line per row.
+  assert table.count("\n| ") == len(rows) + 2
+  assert "geometric mean" in table
