@@ -33,8 +33,9 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     dense convolutions on the feature (batch) blocks, each evaluated by the
     algorithm chosen for it, concatenated along the output features.
 ``"chunked"``
-    The samples in chunks of ``CHUNK_SAMPLES``, each chunk a convolution of
-    its own, evaluated by the algorithm chosen for it. The samples are the
+    The samples in chunks (``chunk_samples``: at most ``CHUNK_SAMPLES``, and
+    fewer when a sample is large), each chunk a convolution of its own,
+    evaluated by the algorithm chosen for it. The samples are the
     input's outermost axis: its batch in the forward pass and the input
     gradient (the chunks' outputs are concatenated), its contracted feature
     axis in the kernel gradient (eq. 9 sums over the batch; the chunks'
@@ -50,7 +51,7 @@ keyword or the ``use_algorithm`` context manager. A forced algorithm is used
 for every convolution of the rule whose shape it supports (at most
 ``MAX_UNROLLED`` taps, output positions, phases or groups; ``"phased"``
 needs input dilation, ``"split_groups"`` groups, ``"chunked"`` more than
-``CHUNK_SAMPLES`` samples), and XLA's kernel for the rest. Inside
+one chunk of samples), and XLA's kernel for the rest. Inside
 ``"phased"``, ``"split_groups"`` and ``"chunked"`` a forced choice therefore
 leaves the undilated phases, the dense groups and the chunks to XLA.
 """
@@ -76,9 +77,12 @@ ALGORITHMS = ("auto", "xla", "shifted", "window_dot", "phased",
 # "chunked"): beyond it compile time grows for little gain.
 MAX_UNROLLED = 64
 
-# "chunked": samples per chunk, and the operand size (elements of the larger
-# of input and output) from which the CPU policy chunks a dense convolution.
+# "chunked": at most CHUNK_SAMPLES samples per chunk, and fewer where that
+# would put more than CHUNK_ELEMENTS elements of the largest split array in one
+# chunk; CHUNK_MIN_ELEMENTS is the size of the largest array from which the
+# CPU policy chunks a dense convolution.
 CHUNK_SAMPLES = 8
+CHUNK_ELEMENTS = 2_000_000
 CHUNK_MIN_ELEMENTS = 4_500_000
 
 _ALGORITHM = contextvars.ContextVar("jaxconv_algorithm", default="auto")
@@ -138,8 +142,10 @@ def supports(name: str, geometry, lhs_shape, rhs_shape, out_shape) -> bool:
     return bool(dims) and math.prod(
         geometry.lhs_dilation[i] for i in dims) <= MAX_UNROLLED
   if name == "chunked":
-    return (_sample_axis(geometry) is not None and
-            CHUNK_SAMPLES < lhs_shape[0] <= CHUNK_SAMPLES * MAX_UNROLLED)
+    if _sample_axis(geometry) is None:
+      return False
+    size = chunk_samples(geometry, lhs_shape, rhs_shape, out_shape)
+    return size < lhs_shape[0] <= size * MAX_UNROLLED
   return False
 
 
@@ -154,6 +160,21 @@ def _sample_axis(geometry):
       and geometry.feature_group_count == 1):
     return "feature"
   return None
+
+
+def chunk_samples(geometry, lhs_shape, rhs_shape, out_shape) -> int:
+  """Samples per chunk for ``"chunked"``: ``CHUNK_SAMPLES``, or fewer so that
+  a chunk holds at most ``CHUNK_ELEMENTS`` elements of the largest array it
+  splits (at least one sample).
+
+  A batch chunk splits the input and the output; a chunk of the contracted
+  samples (a kernel gradient) splits the input and the cotangent, which is
+  the kernel operand there.
+  """
+  samples = lhs_shape[0]
+  second = out_shape if _sample_axis(geometry) == "batch" else rhs_shape
+  per_sample = max(math.prod(lhs_shape), math.prod(second)) // max(samples, 1)
+  return max(1, min(CHUNK_SAMPLES, CHUNK_ELEMENTS // max(per_sample, 1)))
 
 
 def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
@@ -183,11 +204,13 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     or input dilation, as in the kernel gradient of a depthwise convolution
     (or of one with more than 32 groups): ``"window_dot"`` (XLA's CPU
     kernel is slowest exactly there);
-  * a dense convolution whose input or output has at least
-    ``CHUNK_MIN_ELEMENTS`` elements and more than ``CHUNK_SAMPLES`` samples:
-    ``"chunked"`` (XLA's CPU kernel measured 1.2-2.3x faster on chunks of 8
-    samples than on a batch of 32, most on kernel gradients), unless the
-    batch is chunked and the output is more than twice the input;
+  * a dense convolution with an operand or output of at least
+    ``CHUNK_MIN_ELEMENTS`` elements and more samples than one chunk holds
+    (``chunk_samples``): ``"chunked"`` (XLA's CPU kernel measured 1.2-2.3x
+    faster on chunks of 8 samples than on a batch of 32, most on kernel
+    gradients, and the RGB stem's gradients about 2x faster on chunks of 2
+    than of 8), unless the batch is chunked and the output is more than
+    twice the input;
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
@@ -235,9 +258,10 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
                         and (grouped or dilated_input)):
     if supports("window_dot", geometry, lhs_shape, rhs_shape, out_shape):
       return "window_dot"
-  if (not grouped and max(math.prod(lhs_shape), math.prod(out_shape))
-      >= CHUNK_MIN_ELEMENTS and supports("chunked", geometry, lhs_shape,
-                                         rhs_shape, out_shape)):
+  largest = max(math.prod(lhs_shape), math.prod(rhs_shape),
+                math.prod(out_shape))
+  if (not grouped and largest >= CHUNK_MIN_ELEMENTS
+      and supports("chunked", geometry, lhs_shape, rhs_shape, out_shape)):
     # Batch chunks are concatenated, which copies the output once: not worth
     # it when the output is much larger than the input. The forward pass of
     # the RGB stem (output 5.3x its input) measured 15-25 % slower chunked,
@@ -599,7 +623,7 @@ def split_groups(lhs, rhs, geometry, out_shape):
 # input feature, so the gradient of a batch is the sum of its chunks'
 # gradients. Each chunk is evaluated by the algorithm chosen for it.
 def chunked(lhs, rhs, geometry, out_shape):
-  """The samples (input axis 0) in chunks of ``CHUNK_SAMPLES``.
+  """The samples (input axis 0) in chunks of ``chunk_samples`` samples.
 
   A batch chunk is the convolution of its samples alone; the outputs are
   concatenated along the output batch. A chunk of the contracted feature
@@ -614,9 +638,10 @@ def chunked(lhs, rhs, geometry, out_shape):
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
   sub = geometry if batch or accumulate is None else geometry._replace(
       preferred_element_type=accumulate)
+  size = chunk_samples(geometry, lhs.shape, rhs.shape, out_shape)
   outputs = []
-  for start in range(0, count, CHUNK_SAMPLES):
-    stop = min(start + CHUNK_SAMPLES, count)
+  for start in range(0, count, size):
+    stop = min(start + size, count)
     x = lax.slice_in_dim(lhs, start, stop, axis=0)
     if batch:
       sub_out = list(out_shape)

@@ -21,7 +21,7 @@ import pytest
 from jax import lax
 
 import jaxconv
-from jaxconv import reference
+from jaxconv import _algorithms, reference
 from tests.helpers import TOLERANCE, assert_close, examples, scaled_error
 
 
@@ -436,6 +436,37 @@ def test_chunked_splits_the_samples():
   assert operands and all(int(n) <= 8 for n in operands), operands
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the chunking policy is the CPU's")
+def test_chunks_shrink_for_large_samples():
+  """The RGB stem at batch 8: its gradients hold 0.8 M elements per sample of
+  the cotangent, so the policy chunks them 2 samples at a time
+  (CHUNK_ELEMENTS), while the forward pass (output 5x its input) stays
+  whole. Lowered only, never run."""
+  lhs = jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.float32)
+  rhs = jax.ShapeDtypeStruct((7, 7, 3, 64), jnp.float32)
+  f = functools.partial(jaxconv.conv, stride=2, padding=((3, 3), (3, 3)))
+
+  def step(lhs, rhs):
+    y, pullback = jax.vjp(f, lhs, rhs)
+    return y, pullback(jnp.ones_like(y))
+
+  program = jax.jit(step).lower(lhs, rhs).as_text()
+  operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
+                        program)
+  # The forward pass whole, then four chunks of 2 for dx and for dw.
+  assert sorted(int(n) for n in operands) == [2] * 8 + [8], operands
+  def chunk(lhs_shape, rhs_shape, stride):
+    geometry = jaxconv.make_conv_geometry(
+        lhs_shape, rhs_shape, stride, "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    return _algorithms.chunk_samples(geometry, lhs_shape, rhs_shape, out)
+  assert chunk((8, 224, 224, 3), (7, 7, 3, 64), 2) == 2
+  # A 3x3 64-feature layer at 56x56 holds 0.2 M elements per sample: 8.
+  assert chunk((32, 56, 56, 64), (3, 3, 64, 64), 1) == 8
+
+
 def test_default_choice_is_a_pure_function_of_geometry():
   def choice(lhs_shape, rhs_shape, backend, padding="SAME", **kw):
     geometry = jaxconv.make_conv_geometry(
@@ -468,8 +499,11 @@ def test_default_choice_is_a_pure_function_of_geometry():
   assert choice((8, 28, 28, 64), (4, 4, 64, 32), "gpu",
                 **transposed) == "xla"
   # Measured slower split into phases: few output features (the input
-  # gradient of a 3-channel stem), or phases with a single tap (K < 2a).
+  # gradient of a 3-channel stem, which is chunked instead: 0.8 M elements
+  # per sample), or phases with a single tap (K < 2a).
   assert choice((8, 112, 112, 64), (7, 7, 64, 3), "cpu",
+                **transposed) == "chunked"
+  assert choice((2, 112, 112, 64), (7, 7, 64, 3), "cpu",
                 **transposed) == "xla"
   assert choice((8, 28, 28, 128), (3, 3, 128, 64), "cpu",
                 **transposed) == "xla"
