@@ -299,12 +299,12 @@ def _extremum_pool_grad(x, cotangent, window_shape, strides, padding, dilation,
 # Rule: max / min pooling.
 #
 #   Forward (33), (34), (35), (37): tap k of window i reads x[t(i, k)],
-#   t(i, k) = s*i + d*k - lo (32). With padding read as -inf,
-#       y[i]  = max over taps k of x[t(i, k)]       (NaN if any tap is NaN),
-#       k*(i) = min { k : x[t(i, k)] = y[i] }, or the first NaN tap when y[i]
-#               is NaN; padding is never k*: if y[i] = -inf, k* is the first
-#               real tap.
-#   Min is the same with min for max and +inf padding.
+#   t(i, k) = s*i + d*k - lo (32). Scanning the taps in row-major order,
+#       y[i]  = max over real taps k of x[t(i, k)],
+#       k*(i) = the first k attaining it; a NaN beats every number and the
+#               first NaN is kept; padding (-inf) is never k*: if the best
+#               value is -inf, k* is the first real tap.
+#   Min is the same scan with the comparison reversed and +inf padding.
 #
 #   Backward (36): locally y[i] = x[t(i, k*(i))], so dy[i]/dx[j] is 1 when
 #   t(i, k*(i)) = j and 0 otherwise, and
@@ -357,12 +357,24 @@ def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
   pad_value = -jnp.inf if select == _MAX else jnp.inf
   padded, covering = windows.pad_to_covered(x, geometry, pad_value)
   offset_dtype = windows.offset_dtype(geometry)
-  views = [windows.window_view(padded, covering, offset, pad_value)
-           for offset in geometry.offsets]
-  # Eq. (33): the extremum first, NaN-propagating (a NaN tap makes y NaN).
-  best = functools.reduce(jnp.maximum if select == _MAX else jnp.minimum,
-                          views)
-  offsets, _ = first_winners(views, best, offset_dtype)
+  # The winner comes out of the same scan as the extremum. Comparing the taps
+  # with a stored y instead (the first k with x[t(i, k)] == y[i]) is eq. (34)
+  # too, but under jit XLA may recompute the taps inside the backward's
+  # fusion, for instance a fused convolution that feeds the pool, with other
+  # rounding; the tap that gave y then no longer equals it and the delta goes
+  # to the wrong tap. One scan is self-consistent wherever it is evaluated.
+  best = offsets = None
+  for flat, offset in enumerate(geometry.offsets):
+    value = windows.window_view(padded, covering, offset, pad_value)
+    if best is None:
+      best, offsets = value, jnp.zeros(value.shape, offset_dtype)
+      continue
+    # `value` wins if it is strictly better or NaN, unless the best so far is
+    # already NaN: `not (best >= value)` is true for both, false on ties.
+    worse_or_equal = best >= value if select == _MAX else best <= value
+    take = ~worse_or_equal & (best == best)
+    best = jnp.where(take, value, best)
+    offsets = jnp.where(take, jnp.asarray(flat, offset_dtype), offsets)
   if windows.has_padding_taps(geometry):
     # Only a window whose real values are all -inf (+inf) can have kept a
     # padding tap; its first winner is its first real tap, eq. (34).
@@ -370,39 +382,6 @@ def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
     first = first.reshape((1,) + geometry.out_sizes + (1,))
     offsets = jnp.where(best == pad_value, first, offsets)
   return best, offsets
-
-
-def first_winners(keys, best, offset_dtype, values=None):
-  """Eqs. (34), (35): the first tap whose key equals the window's extremum.
-
-  The winners depend on the taps only through the stored extremum, so where
-  XLA fuses them into the backward pass (forward and backward in one
-  program), each window recomputes ``K`` comparisons against ``best``, not a
-  running scan of the taps.
-
-  Args:
-    keys: one array per tap in row-major tap order, each shaped like ``best``.
-    best: the NaN-propagating extremum of ``keys``.
-    offset_dtype: the integer dtype of the offsets.
-    values: optional arrays, one per tap, whose entry at the winner is
-      returned too.
-
-  Returns:
-    ``(offsets, winners)``: ``k* = min {k : keys[k] = best}``, or the first
-    NaN key where ``best`` is NaN (no key equals NaN), and ``values[k*]``
-    (``None`` without ``values``).
-  """
-  last = len(keys) - 1
-  offsets = jnp.full(best.shape, last, offset_dtype)
-  winners = None if values is None else values[last]
-  # Scanning backwards, the first hit is written last.
-  for flat in range(last - 1, -1, -1):
-    key = keys[flat]
-    hit = (key == best) | (key != key)
-    offsets = jnp.where(hit, jnp.asarray(flat, offset_dtype), offsets)
-    if values is not None:
-      winners = jnp.where(hit, values[flat], winners)
-  return offsets, winners
 
 
 @functools.partial(jax.jit, static_argnames=("geometry",))
@@ -1022,8 +1001,8 @@ def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
 # Rule: Lp pooling, p = inf.
 #
 #   Forward (44): y[i] = max over real taps k of |x[t(i, k)]|, with the first
-#   winner k*(i) = min { k : |x[t(i, k)]| = y[i] } as in (34), or the first
-#   NaN as in (35); padding is |0| = 0.
+#   winner k*(i) of |x| in row-major order as in (34), (35); padding is
+#   |0| = 0.
 #   Backward (44): locally y[i] = sign(x[w]) x[w] at the winner w, so
 #       dE/dx[j] = sum_i delta[i] sign(x[j]) [t(i, k*(i)) = j]
 #   -- eq. (36) applied to the delta times the winner's sign. An all-zero
@@ -1065,10 +1044,17 @@ def max_abs_and_offsets(x, geometry: PoolGeometry):
     the flat winner offsets as in :func:`extremum_and_offsets`.
   """
   padded, covering = windows.pad_to_covered(x, geometry, 0)
-  views = [windows.window_view(padded, covering, offset, 0)
-           for offset in geometry.offsets]
-  magnitudes = [jnp.abs(value) for value in views]
-  best = functools.reduce(jnp.maximum, magnitudes)
-  offsets, winner = first_winners(magnitudes, best,
-                                  windows.offset_dtype(geometry), views)
+  offset_dtype = windows.offset_dtype(geometry)
+  best = winner = offsets = None
+  for flat, offset in enumerate(geometry.offsets):
+    value = windows.window_view(padded, covering, offset, 0)
+    magnitude = jnp.abs(value)
+    if best is None:
+      best, winner = magnitude, value
+      offsets = jnp.zeros(value.shape, offset_dtype)
+      continue
+    take = ~(best >= magnitude) & (best == best)
+    best = jnp.where(take, magnitude, best)
+    winner = jnp.where(take, value, winner)
+    offsets = jnp.where(take, jnp.asarray(flat, offset_dtype), offsets)
   return best, offsets, jnp.sign(winner)
