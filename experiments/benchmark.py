@@ -10,9 +10,10 @@ timed calls after a warm-up, each ended by ``block_until_ready``) of
 
 plus GFLOP/s of the forward+backward, the temporary memory XLA reports for
 the compiled forward+backward, and the minor page faults per forward+backward
-call (printed per layer and in the JSON file). Ratios are jaxconv / lax (below 1: jaxconv is
-faster). Writes a Markdown table (``--markdown``), a JSON file (``--json``) and
-a bar chart of the ratios (``--plot``).
+call (printed per layer and in the JSON file). The forward+backward returns
+the output with both gradients, as a training step does. Ratios are jaxconv
+/ lax (below 1: jaxconv is faster). Writes a Markdown table (``--markdown``),
+a JSON file (``--json``) and a bar chart of the ratios (``--plot``).
 
     python experiments/benchmark.py                  # the whole suite
     python experiments/benchmark.py --quick          # a few small layers

@@ -165,3 +165,26 @@ def test_benchmark_quick_run(tmp_path):
   # Header, separator and one line per row.
   assert table.count("\n| ") == len(rows) + 2
   assert "geometric mean" in table
+
+
+def test_benchmark_chunks_times_the_chunk_sizes_it_names(tmp_path):
+  sys.path.insert(0, str(EXPERIMENTS))
+  try:
+    import benchmark_chunks
+  finally:
+    sys.path.remove(str(EXPERIMENTS))
+  layer = next(layer for layer in benchmark_chunks.benchmark.SUITE
+               if layer.name.startswith("1-D"))
+  for chunk, count in ((1, 3), (2, 2), (None, 1)):
+    compiled = benchmark_chunks.programs(layer, 3, chunk)
+    for name, (f, _) in compiled.items():
+      hlo = f.as_text()
+      found = len(re.findall(r"= \w+\[[\d,]*\]\S* convolution\(", hlo))
+      assert found == count, (chunk, name, found)
+  out = python([EXPERIMENTS / "benchmark_chunks.py", "--only", "1-D",
+                "--batch", "3", "--repeats", "1"], tmp_path)
+  rows = out.strip().splitlines()[1:]
+  assert [row.split("  ")[0] for row in rows] == [layer.name] * 3
+  for row in rows:
+    cells = row.rsplit("  ", 1)[-1].split(" / ")
+    assert len(cells) == 5 and cells[2] == cells[3] == "-", row
