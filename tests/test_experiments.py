@@ -135,11 +135,13 @@ def test_benchmark_step_computes_the_forward_pass():
   cotangent = jax.random.normal(jax.random.key(2),
                                 jax.eval_shape(theirs, x, w).shape)
   for f in (ours, theirs):
-    step = jax.jit(functools.partial(benchmark.forward_backward, f,
-                                     cotangent))
-    hlo = step.lower(x, w).compile().as_text()
+    step = jax.jit(functools.partial(benchmark.forward_backward, f))
+    hlo = step.lower(x, w, cotangent).compile().as_text()
     assert len(re.findall(r"= \w+\[[\d,]*\]\S* convolution\(", hlo)) == 3
-    y, (dx, dw) = step(x, w)
+    # The cotangent is a parameter of the program, not a constant in it.
+    entry = hlo[hlo.index("ENTRY"):]
+    assert len(re.findall(r"= \S+ parameter\(\d+\)", entry)) == 3
+    y, (dx, dw) = step(x, w, cotangent)
     np.testing.assert_allclose(y, theirs(x, w), rtol=1e-5, atol=1e-5)
     want = jax.grad(lambda x, w: jnp.sum(theirs(x, w) * cotangent),
                     (0, 1))(x, w)

@@ -504,6 +504,50 @@ def test_jit_eager_and_vmap_agree():
     np.testing.assert_allclose(dx_map, dx, rtol=1e-14)
 
 
+def _fused_computations(hlo_text):
+  """The bodies of the computations in an optimised HLO module's text."""
+  blocks, current = [], None
+  for line in hlo_text.splitlines():
+    if line.startswith("%") and line.rstrip().endswith("{"):
+      current = []
+    elif line.startswith("}") and current is not None:
+      blocks.append("\n".join(current))
+      current = None
+    elif current is not None:
+      current.append(line)
+  return blocks
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+@pytest.mark.parametrize("window, strides", [((3, 3), (2, 2)),
+                                             ((2, 2), (2, 2)),
+                                             ((3, 3), (1, 1))])
+def test_backward_reads_stored_offsets(kind, window, strides):
+  """One jitted forward+backward, as a training step compiles it: no fused
+  computation of the backward reruns the forward's winner scan. (XLA fuses
+  cheap producers into consumers and repeats them per read; left alone it
+  fuses the scan into the backward, once per tap.) Structural, not timed."""
+  pool = jaxconv.max_pool if kind == "max" else jaxconv.min_pool
+  x = jnp.zeros((4, 12, 12, 8), jnp.float32)
+
+  def step(x, ct):
+    y, vjp = jax.vjp(lambda v: pool(v, window, strides, "SAME"), x)
+    return y, vjp(ct)[0]
+
+  y = jax.eval_shape(lambda v: pool(v, window, strides, "SAME"), x)
+  text = jax.jit(step).lower(x, jnp.zeros(y.shape, y.dtype)).compile(
+      ).as_text()
+  bodies = _fused_computations(text)
+  backward = [body for body in bodies if "route_to_winners" in body]
+  assert backward, "no fused computation of the backward found"
+  for body in backward:
+    # (Constants shared with the scan may carry its name; its comparisons
+    # may not.)
+    rerun = [line for line in body.splitlines()
+             if " compare(" in line and "extremum_and_offsets" in line]
+    assert not rerun, "the backward reruns the winner scan:\n" + body
+
+
 def test_leading_batch_dims_are_independent():
   x = jnp.asarray(oracles.unique_values((2, 3, 5, 4, 2)))
   y = jaxconv.max_pool(x, (2, 2), padding=((1, 0), (0, 1)))
