@@ -313,9 +313,9 @@ def _extremum_pool_grad(x, cotangent, window_shape, strides, padding, dilation,
 #   up. This is the scatter (46) of the terms c_k[i] = [k*(i) = k] delta[i].
 #
 #   Residuals: k*(i) as a flat tap offset, one small int per output element
-#   (int8 up to 128 taps). Neither x nor y is kept. Under jit the offsets
-#   pass through a trivial reduction (_stored) so that XLA stores them
-#   instead of rerunning the scan inside the backward once per tap.
+#   (int8 up to 128 taps). Neither x nor y is kept. Under jit y and the
+#   offsets pass through one trivial reduction (_stored) so that XLA stores
+#   them instead of rerunning the scan inside the backward once per tap.
 #
 #   Second order (45): the backward is linear in delta with integer data k*,
 #   so differentiating it again is exact; _fwd calls the primal itself so that
@@ -383,27 +383,33 @@ def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
     first = windows.first_real_offset(geometry).astype(offset_dtype)
     first = first.reshape((1,) + geometry.out_sizes + (1,))
     offsets = jnp.where(best == pad_value, first, offsets)
-  return best, _stored(offsets)
+  return _stored(best, offsets)
 
 
-def _stored(a):
-  """``a`` (integers), computed by a reduction so that XLA keeps it in memory.
+def _stored(best, offsets):
+  """``(best, offsets)``, computed by one reduction so that XLA stores them.
 
   Under ``jit`` XLA fuses chains of cheap elementwise operations, such as the
   scan above, into their consumers, and a consumer that reads an element
   several times evaluates the chain once per read: the backward reads each
   window's offset once per tap, so fused into it the scan would run once per
   tap (9 times for 3x3 windows). XLA does not fuse an expensive producer, a
-  reduction among them, into such a consumer. The sum of ``a`` and zeros over
-  a two-entry axis is such a reduction, exact for integers: it makes the
-  offsets a stored residual, as the rule intends. ``lax.optimization_barrier``
-  does not do this on the CPU, whose compiler removes it before fusion.
+  reduction among them, into such a consumer. Here both results pass through
+  one such reduction over a two-entry axis: the product of ``best`` and ones
+  (exact for every value, -0, infinities and NaN included) and the sum of
+  ``offsets`` and zeros. The offsets become a stored residual, as the rule
+  intends, and the output and its winners come out of one evaluation of the
+  scan. ``lax.optimization_barrier`` does not do this on the CPU, whose
+  compiler removes it before fusion.
   ``tests/test_pooling.py::test_backward_reads_stored_offsets`` checks that
   the compiled backward does not rerun the scan.
   """
-  zero = jnp.zeros((), a.dtype)
-  pair = jnp.stack([a, jnp.broadcast_to(zero, a.shape)])
-  return jax.lax.reduce(pair, zero, jax.lax.add, (0,))
+  one = jnp.ones((), best.dtype)
+  zero = jnp.zeros((), offsets.dtype)
+  pairs = (jnp.stack([best, jnp.broadcast_to(one, best.shape)]),
+           jnp.stack([offsets, jnp.broadcast_to(zero, offsets.shape)]))
+  return jax.lax.reduce(pairs, (one, zero),
+                        lambda a, b: (a[0] * b[0], a[1] + b[1]), (0,))
 
 
 @functools.partial(jax.jit, static_argnames=("geometry",))
