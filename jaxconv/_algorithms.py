@@ -20,8 +20,9 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     One contraction per *output position* ``i``: the whole window of ``x^``
     under output ``i`` against the whole kernel. This is eq. (9) read
     directly: the kernel gradient has as many outputs as the forward kernel
-    has taps, and each is one large matrix product over batch and positions.
-    Needs few output positions.
+    has taps, and each is one large matrix product over batch and positions
+    (or, with one output feature per group, a product summed over them; all
+    positions are then one reduction). Needs few output positions.
 ``"phased"``
     Input dilation ``a`` (stride 1 and kernel dilation 1 in those
     dimensions) split into its ``a^n`` output phases, eq. (23): each phase is
@@ -304,22 +305,23 @@ def _letters(count, first):
   return [chr(ord(first) + i) for i in range(count)]
 
 
-def _contract(patch, kernel, geometry, window: bool, accumulate):
-  """One term of eq. (5): contracts the features of ``patch`` (an input
-  slice, in the input's layout) with ``kernel``, respecting feature groups
-  ``G`` and batch groups ``B``; with ``window`` the spatial axes are
-  contracted too (one output position), else they are output positions (one
-  tap, ``kernel`` without spatial axes).
+def _contract(patches, kernel, geometry, window: bool, accumulate):
+  """Terms of eq. (5): contracts the features of each of ``patches`` (input
+  slices of one shape, in the input's layout) with ``kernel``, respecting
+  feature groups ``G`` and batch groups ``B``; with ``window`` the spatial
+  axes are contracted too (one output position per patch), else they are
+  output positions (one tap, ``kernel`` without spatial axes).
 
-  Returns the term in the output's layout, spatial axes of size 1 when
-  ``window``.
+  Returns one term per patch, in the output's layout, spatial axes of size 1
+  when ``window``.
   """
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   groups, batch_groups = (geometry.feature_group_count,
                           geometry.batch_group_count)
   rank = len(lhs_spec)
   spatial = _letters(rank - 2, "p")                # window or output axes
-  x_axes = [""] * patch.ndim
+  shape = patches[0].shape
+  x_axes = [""] * len(shape)
   x_axes[lhs_spec[0]], x_axes[lhs_spec[1]] = "n", "c"
   for axis, letter in zip(lhs_spec[2:], spatial):
     x_axes[axis] = letter
@@ -340,9 +342,8 @@ def _contract(patch, kernel, geometry, window: bool, accumulate):
     # G: features c -> (g, c'); B: batch n -> (g, n'). Kernel o -> (g, o').
     grouped = "c" if groups > 1 else "n"
     axis = x_axes.index(grouped)
-    patch = patch.reshape(patch.shape[:axis] + (split, patch.shape[axis]
-                                                // split)
-                          + patch.shape[axis + 1:])
+    shape = shape[:axis] + (split, shape[axis] // split) + shape[axis + 1:]
+    patches = [patch.reshape(shape) for patch in patches]
     x_axes[axis:axis + 1] = ["g", grouped]
     axis = k_axes.index("o")
     kernel = kernel.reshape(kernel.shape[:axis] + (split, out_features
@@ -351,64 +352,98 @@ def _contract(patch, kernel, geometry, window: bool, accumulate):
     k_axes[axis:axis + 1] = ["g", "o"]
     o_axes[o_axes.index("o"):o_axes.index("o") + 1] = ["g", "o"]
   result = "".join(o_axes)
-  sizes = dict(zip(x_axes, patch.shape)) | dict(zip(k_axes, kernel.shape))
+  sizes = dict(zip(x_axes, shape)) | dict(zip(k_axes, kernel.shape))
   if all(sizes[a] == 1 or a in x_axes for a in k_axes):
-    out = _broadcast_contract(patch, x_axes, kernel, k_axes, result,
-                              accumulate)
+    outs = _broadcast_contract(patches, x_axes, kernel, k_axes, result,
+                               accumulate, spatial)
   else:
-    if accumulate is not None:
-      # XLA's CPU dot has no bf16 x bf16 -> f32 kernel; products of
-      # low-precision values are exact in the wider type anyway.
-      patch, kernel = patch.astype(accumulate), kernel.astype(accumulate)
-    operands = [("".join(x_axes), patch), ("".join(k_axes), kernel)]
-    if window and patch.size > kernel.size:
-      # A kernel gradient contracts both operands over their major axes
-      # (batch and positions); XLA's CPU dot then copies one of them into a
-      # transposed layout, and it is the first one. Put the smaller first:
-      # for the 1x1 benchmark layer at batch 32 that copies the 25.7 MB
-      # cotangent instead of the 102.8 MB input.
-      operands.reverse()
-    first, second = operands
-    # dot_general's output lists the shared (group) axes, then the first
-    # operand's free axes, then the second's; transpose that afterwards.
-    shared = [a for a in result if a in first[0] and a in second[0]]
-    natural = "".join(shared + [a for a in result if a not in shared
-                                and a in first[0]]
-                      + [a for a in result if a not in shared
-                         and a not in first[0]])
-    out = jnp.einsum(f"{first[0]},{second[0]}->{natural}", first[1],
-                     second[1], precision=geometry.precision,
-                     preferred_element_type=accumulate)
-    out = jnp.transpose(out, [natural.index(a) for a in result])
-  shape = [1] * rank
-  shape[out_spec[0]] = out.shape[result.index("n")]
-  shape[out_spec[1]] = out_features
+    outs = [_dot_contract(patch, x_axes, kernel, k_axes, result, window,
+                          accumulate, geometry.precision)
+            for patch in patches]
+  out_shape = [1] * rank
+  out_shape[out_spec[0]] = sizes["n"]
+  out_shape[out_spec[1]] = out_features
   if not window:
     for axis, letter in zip(out_spec[2:], spatial):
-      shape[axis] = out.shape[result.index(letter)]
-  return out.reshape(shape)
+      out_shape[axis] = sizes[letter]
+  return [out.reshape(out_shape) for out in outs]
 
 
-def _broadcast_contract(patch, x_axes, kernel, k_axes, result, accumulate):
+def _dot_contract(patch, x_axes, kernel, k_axes, result, window, accumulate,
+                  precision):
+  """The contraction as one ``dot_general`` (the kernel has a free axis)."""
+  if accumulate is not None:
+    # XLA's CPU dot has no bf16 x bf16 -> f32 kernel; products of
+    # low-precision values are exact in the wider type anyway.
+    patch, kernel = patch.astype(accumulate), kernel.astype(accumulate)
+  operands = [("".join(x_axes), patch), ("".join(k_axes), kernel)]
+  if window and patch.size > kernel.size:
+    # A kernel gradient contracts both operands over their major axes
+    # (batch and positions); XLA's CPU dot then copies one of them into a
+    # transposed layout, and it is the first one. Put the smaller first:
+    # for the 1x1 benchmark layer at batch 32 that copies the 25.7 MB
+    # cotangent instead of the 102.8 MB input.
+    operands.reverse()
+  first, second = operands
+  # dot_general's output lists the shared (group) axes, then the first
+  # operand's free axes, then the second's; transpose that afterwards.
+  shared = [a for a in result if a in first[0] and a in second[0]]
+  natural = "".join(shared + [a for a in result if a not in shared
+                              and a in first[0]]
+                    + [a for a in result if a not in shared
+                       and a not in first[0]])
+  out = jnp.einsum(f"{first[0]},{second[0]}->{natural}", first[1],
+                   second[1], precision=precision,
+                   preferred_element_type=accumulate)
+  return jnp.transpose(out, [natural.index(a) for a in result])
+
+
+def _broadcast_contract(patches, x_axes, kernel, k_axes, result, accumulate,
+                        spatial):
   """The contraction when every kernel axis longer than 1 is also a patch
   axis (depthwise: one input and one output feature per group): a product
-  in the patch's own layout, summed over the contracted axes. XLA fuses it
+  in the patches' own layout, summed over the contracted axes. XLA fuses it
   into one pass, where a batched product of tiny matrices would transpose
-  both operands first."""
-  dtype = accumulate or jnp.result_type(patch, kernel)
-  sizes = dict(zip(k_axes, kernel.shape)) | dict(zip(x_axes, patch.shape))
+  both operands first.
+
+  Several patches (the output positions of :func:`window_dot`) are summed
+  by one variadic reduction, which reads the operands once for all of them,
+  in two stages: first over the ``spatial`` letters, then over the rest (a
+  kernel gradient's batch), so that the first stage keeps a partial sum per
+  sample.
+  """
+  dtype = accumulate or jnp.result_type(patches[0], kernel)
+  sizes = dict(zip(k_axes, kernel.shape)) | dict(zip(x_axes,
+                                                     patches[0].shape))
   kept = [a for a in k_axes if a in x_axes]       # the others have size 1
   shared = [a for a in x_axes if a in k_axes]
   kernel = kernel.reshape([sizes[a] for a in kept])
   kernel = jnp.transpose(kernel, [kept.index(a) for a in shared])
   kernel = kernel.reshape([sizes[a] if a in k_axes else 1 for a in x_axes])
-  product = patch.astype(dtype) * kernel.astype(dtype)
-  summed = tuple(i for i, a in enumerate(x_axes) if a not in result)
-  out = product.sum(axis=summed) if summed else product
-  remaining = [a for a in x_axes if a in result]
-  out = jnp.transpose(out, [remaining.index(a) for a in result
-                            if a in remaining])
-  return out.reshape([sizes[a] for a in result])
+  kernel = kernel.astype(dtype)
+  outs = [patch.astype(dtype) * kernel for patch in patches]
+  axes = list(x_axes)
+  for stage in (lambda a: a in spatial, lambda a: True):
+    summed = [i for i, a in enumerate(axes) if a not in result and stage(a)]
+    outs = _sum_together(outs, summed)
+    axes = [a for i, a in enumerate(axes) if i not in summed]
+  outs = [jnp.transpose(out, [axes.index(a) for a in result if a in axes])
+          for out in outs]
+  return [out.reshape([sizes[a] for a in result]) for out in outs]
+
+
+def _sum_together(arrays, axes):
+  """Each of ``arrays`` (one shape and dtype) summed over ``axes``, by one
+  variadic reduction."""
+  if not axes:
+    return arrays
+  if all(arrays[0].shape[i] == 1 for i in axes):
+    return [a.reshape([n for i, n in enumerate(a.shape) if i not in axes])
+            for a in arrays]
+  zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+  return list(lax.reduce(tuple(arrays), zeros,
+                         lambda x, y: tuple(p + q for p, q in zip(x, y)),
+                         tuple(axes)))
 
 
 def _accumulation_dtype(dtype, preferred):
@@ -434,7 +469,8 @@ def shifted(lhs, rhs, geometry, out_shape):
     index = [slice(None)] * rhs.ndim
     for axis, k in zip(rhs_spec[2:], tap):
       index[axis] = k
-    term = _contract(patch, rhs[tuple(index)], geometry, False, accumulate)
+    [term] = _contract([patch], rhs[tuple(index)], geometry, False,
+                       accumulate)
     total = term if total is None else total + term
   return total.astype(geometry.preferred_element_type or lhs.dtype)
 
@@ -442,42 +478,74 @@ def shifted(lhs, rhs, geometry, out_shape):
 def window_dot(lhs, rhs, geometry, out_shape):
   """``y[i] = contract_{k,c}(x^[s*i + d*k], w[k])``: one term per output.
 
-  With several output positions the terms are evaluated one after another
-  in a loop (``lax.map``), each from a dynamic slice of ``x^``. XLA's CPU
-  reduction and dot kernels cannot read a sliced window in place, so every
-  window is copied; unrolled, the scheduler makes all the copies before the
-  first contraction. For the kernel gradient of the depthwise benchmark
-  layer at batch 32 that was nine 12.8 MB copies alive at once (105 MB of
-  temporaries, page-faulted afresh on every call, 44 ms); in the loop one
-  window is alive at a time (30 MB, 16 ms).
+  Where the kernel has a free axis (more than one output feature per group),
+  each term is a matrix product, and with several output positions the terms
+  are evaluated one after another in a loop (``lax.map``), each from a
+  dynamic slice of ``x^``. XLA's CPU dot cannot read a sliced window in
+  place, so every window is copied; unrolled, the scheduler makes all the
+  copies before the first contraction (for the depthwise benchmark layer's
+  kernel gradient at batch 32, when it was computed this way: nine 12.8 MB
+  copies alive at once, 105 MB of temporaries page-faulted afresh on every
+  call, 44 ms; in the loop 30 MB, 16 ms).
+
+  Where it has none (one input and one output feature per group: the kernel
+  gradient of a depthwise convolution), every term is a product summed over
+  the batch and the window, and all of them are one variadic reduction over
+  static slices (:func:`_broadcast_contract`). Both operands are first
+  transposed so that their spatial axes are minor: each sample's feature
+  planes are then contiguous, and the reduction over a plane reads
+  consecutive memory. For the depthwise benchmark layer's kernel gradient
+  (timed alone) that took 29-30 ms to 13-17 ms at batch 32 and 3.5-4.5 ms
+  to 2.2-3.0 ms at batch 8, against the loop over positions.
   """
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
-  x = _prepared_input(lhs, geometry)
   window = _spatial(rhs.shape, rhs_spec)
   out_spatial = _spatial(out_shape, out_spec)
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
-  extents = [d * (k - 1) + 1 for d, k in zip(geometry.rhs_dilation, window)]
-
-  def term(starts):
-    size = list(x.shape)
-    begin = [0] * x.ndim
-    for j, (axis, extent) in enumerate(zip(lhs_spec[2:], extents)):
-      begin[axis], size[axis] = starts[j], extent
-    patch = lax.dynamic_slice(x, [jnp.asarray(b, jnp.int32) for b in begin],
-                              size)
-    patch = _window_slice(patch, lhs_spec, [0] * len(window), window,
-                          geometry.rhs_dilation)
-    return _contract(patch, rhs, geometry, True, accumulate)
-
   starts = [[s * i for s, i in zip(geometry.window_strides, position)]
             for position in itertools.product(*(range(m) for m in out_spatial))]
-  if len(starts) == 1:
-    terms = term(starts[0])[None]
+  split = max(geometry.feature_group_count, geometry.batch_group_count)
+  if rhs.shape[rhs_spec[0]] == split:   # one output feature per group
+    lhs, lhs_spec = _spatial_minor(lhs, lhs_spec)
+    rhs, rhs_spec = _spatial_minor(rhs, rhs_spec)
+    geometry = geometry._replace(dimension_numbers=lax.ConvDimensionNumbers(
+        lhs_spec, rhs_spec, out_spec))
+    x = _prepared_input(lhs, geometry)
+    patches = [_window_slice(x, lhs_spec, begin, window,
+                             geometry.rhs_dilation) for begin in starts]
+    terms = _contract(patches, rhs, geometry, True, accumulate)
   else:
-    terms = lax.map(term, jnp.asarray(starts, jnp.int32))
+    x = _prepared_input(lhs, geometry)
+    extents = [d * (k - 1) + 1 for d, k in zip(geometry.rhs_dilation, window)]
+
+    def term(begin):
+      size = list(x.shape)
+      at = [0] * x.ndim
+      for j, (axis, extent) in enumerate(zip(lhs_spec[2:], extents)):
+        at[axis], size[axis] = begin[j], extent
+      patch = lax.dynamic_slice(x, [jnp.asarray(b, jnp.int32) for b in at],
+                                size)
+      patch = _window_slice(patch, lhs_spec, [0] * len(window), window,
+                            geometry.rhs_dilation)
+      return _contract([patch], rhs, geometry, True, accumulate)[0]
+
+    if len(starts) == 1:
+      terms = term(starts[0])[None]
+    else:
+      terms = lax.map(term, jnp.asarray(starts, jnp.int32))
   # The terms have size-1 spatial axes; lay them out along those axes.
   y = _interleave(terms, out_spec, range(len(out_spatial)), out_spatial)
   return y.astype(geometry.preferred_element_type or lhs.dtype)
+
+
+def _spatial_minor(a, spec):
+  """``a`` transposed so that its spatial axes (``spec[2:]``) are its minor
+  ones, in order, and ``spec`` renumbered to match."""
+  order = [axis for axis in range(a.ndim) if axis not in spec[2:]]
+  order += list(spec[2:])
+  if order == list(range(a.ndim)):
+    return a, tuple(spec)
+  return jnp.transpose(a, order), tuple(order.index(axis) for axis in spec)
 
 
 def _interleave(blocks, out_spec, dims, factors):
