@@ -353,7 +353,8 @@ def _contract(patches, kernel, geometry, window: bool, accumulate):
     o_axes[o_axes.index("o"):o_axes.index("o") + 1] = ["g", "o"]
   result = "".join(o_axes)
   sizes = dict(zip(x_axes, shape)) | dict(zip(k_axes, kernel.shape))
-  if all(sizes[a] == 1 or a in x_axes for a in k_axes):
+  # Only "o" is a kernel axis that the patch lacks.
+  if _one_output_feature_per_group(out_features, geometry):
     outs = _broadcast_contract(patches, x_axes, kernel, k_axes, result,
                                accumulate, spatial)
   else:
@@ -367,6 +368,14 @@ def _contract(patches, kernel, geometry, window: bool, accumulate):
     for axis, letter in zip(out_spec[2:], spatial):
       out_shape[axis] = sizes[letter]
   return [out.reshape(out_shape) for out in outs]
+
+
+def _one_output_feature_per_group(out_features: int, geometry) -> bool:
+  """Whether the kernel has no free axis: every output feature is a group
+  of its own, so a term of eq. (5) is a product summed, not a matrix
+  product (:func:`_broadcast_contract`)."""
+  return out_features == max(geometry.feature_group_count,
+                             geometry.batch_group_count)
 
 
 def _dot_contract(patch, x_axes, kernel, k_axes, result, window, accumulate,
@@ -504,8 +513,7 @@ def window_dot(lhs, rhs, geometry, out_shape):
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
   starts = [[s * i for s, i in zip(geometry.window_strides, position)]
             for position in itertools.product(*(range(m) for m in out_spatial))]
-  split = max(geometry.feature_group_count, geometry.batch_group_count)
-  if rhs.shape[rhs_spec[0]] == split:   # one output feature per group
+  if _one_output_feature_per_group(rhs.shape[rhs_spec[0]], geometry):
     lhs, lhs_spec = _spatial_minor(lhs, lhs_spec)
     rhs, rhs_spec = _spatial_minor(rhs, rhs_spec)
     geometry = geometry._replace(dimension_numbers=lax.ConvDimensionNumbers(

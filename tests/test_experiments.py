@@ -1,6 +1,7 @@
 """The experiment scripts: --quick runs end to end, --compare agrees to float32
 round-off, and data-parallel training equals single-device training."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -99,23 +100,19 @@ def test_sharded_training_equals_single_device(tmp_path):
   assert "sharded == single device" in out
 
 
-def test_too_many_devices_is_explained():
+def _experiment_module(name):
+  """Imports ``experiments/<name>.py`` (the folder is not a package)."""
   sys.path.insert(0, str(EXPERIMENTS))
   try:
-    import training
+    return importlib.import_module(name)
   finally:
     sys.path.remove(str(EXPERIMENTS))
+
+
+def test_too_many_devices_is_explained():
+  training = _experiment_module("training")
   with pytest.raises(SystemExit, match="xla_force_host_platform_device_count"):
     training._mesh(64, 64)
-
-
-def _benchmark_module():
-  sys.path.insert(0, str(EXPERIMENTS))
-  try:
-    import benchmark
-  finally:
-    sys.path.remove(str(EXPERIMENTS))
-  return benchmark
 
 
 def test_benchmark_step_computes_the_forward_pass():
@@ -126,7 +123,7 @@ def test_benchmark_step_computes_the_forward_pass():
   import functools
   import jax
   import jax.numpy as jnp
-  benchmark = _benchmark_module()
+  benchmark = _experiment_module("benchmark")
   layer = benchmark.QUICK[-1]                 # a dense 3x3 layer
   x_shape, w_shape = layer.shapes(2)
   x = jax.random.normal(jax.random.key(0), x_shape)
@@ -156,7 +153,7 @@ def test_benchmark_quick_run(tmp_path):
   results = json.loads((tmp_path / "rows.json").read_text())
   rows = results["rows"]
   assert [row["layer"] for row in rows] == [
-      layer.name for layer in _benchmark_module().QUICK]
+      layer.name for layer in _experiment_module("benchmark").QUICK]
   for row in rows:
     assert len(row["algorithms"].split("/")) == 3, row
     for key in ("jaxconv_fwd_ms", "lax_fwd_ms", "jaxconv_fwdbwd_ms",
@@ -170,11 +167,7 @@ def test_benchmark_quick_run(tmp_path):
 
 
 def test_benchmark_chunks_times_the_chunk_sizes_it_names(tmp_path):
-  sys.path.insert(0, str(EXPERIMENTS))
-  try:
-    import benchmark_chunks
-  finally:
-    sys.path.remove(str(EXPERIMENTS))
+  benchmark_chunks = _experiment_module("benchmark_chunks")
   layer = next(layer for layer in benchmark_chunks.benchmark.SUITE
                if layer.name.startswith("1-D"))
   for chunk, count in ((1, 3), (2, 2), (None, 1)):

@@ -83,11 +83,13 @@ def test_unknown_grad_is_rejected():
 
 def test_gradient_consumed_inside_the_jitted_program():
   """Digits in float32, with the gradient reduced inside the same jitted
-  program, as the training script's --compare check does. There XLA fuses
-  the first max pool's backward into the reduction and recomputes the pool's
-  input (the 1-channel convolution, bias and relu) inside it. Winners found
-  by comparing those recomputed taps with the stored pooled output, instead
-  of by one scan, put the first layer's gradient 4 % off here."""
+  program, as the training script's --compare check does. There XLA may
+  recompute the first max pool's input (the 1-channel convolution, bias and
+  relu) inside a later fusion, with other rounding. Winners found by
+  comparing such recomputed taps with the stored pooled output, instead of
+  by one scan, put the first layer's gradient 4 % off here (before the
+  offsets were stored through a reduction, when XLA still fused the winner
+  computation into the backward)."""
   datasets = pytest.importorskip("sklearn.datasets")
   digits = datasets.load_digits()
   x = jnp.asarray(digits.images[:32, :, :, None] / 16.0, jnp.float32)
