@@ -18,11 +18,13 @@ a JSON file (``--json``) and a bar chart of the ratios (``--plot``).
     python experiments/benchmark.py                  # the whole suite
     python experiments/benchmark.py --quick          # a few small layers
     python experiments/benchmark.py --only depthwise --batch 8
+    python experiments/benchmark.py --keep-freed-memory   # glibc keeps freed memory
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import datetime
 import functools
@@ -191,6 +193,29 @@ def torch_functions(layer: Layer, batch: int):
   return forward_only, forward_backward
 
 
+def keep_freed_memory() -> bool:
+  """Tells glibc's malloc to keep freed memory for reuse; whether it could.
+
+  By default each call of a compiled program maps its large temporary
+  buffers afresh and faults every page in again (docs/performance.md,
+  "What each rule keeps"). This sets what ``MALLOC_MMAP_THRESHOLD_=1000000000
+  MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_ARENA_MAX=1`` would: requests up
+  to 1 GB come from the heap, which is not trimmed below 2 GB of free
+  memory, and every thread allocates from the main heap (a thread's own
+  heap is at most 64 MiB, and a larger request is mapped afresh whatever
+  the threshold). It applies to the whole process, PyTorch included, and
+  must run before the first computation starts XLA's threads.
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+  settings = ((m_mmap_threshold, 1_000_000_000),
+              (m_trim_threshold, 2_000_000_000), (m_arena_max, 1))
+  return all(libc.mallopt(option, value) == 1 for option, value in settings)
+
+
 def forward_backward(f, x, w, cotangent):
   """The output and both gradients for a given cotangent, as in training.
 
@@ -319,7 +344,9 @@ def markdown(rows, matmul_rate, args) -> str:
           f" ({jax.device_count()} {jax.default_backend()} device(s)), "
           f"jax {jax.__version__}, float32, median of {args.repeats} "
           f"interleaved runs. Matmul rate (2048² float32): "
-          f"{matmul_rate:.0f} GFLOP/s.")
+          f"{matmul_rate:.0f} GFLOP/s."
+          + (" glibc told to keep freed memory (--keep-freed-memory)."
+             if getattr(args, "keep_freed_memory", False) else ""))
   return "\n".join([info, "", *lines, "", *summary])
 
 
@@ -349,10 +376,15 @@ def main(argv=None) -> int:
   parser.add_argument("--only", default=None,
                       help="run the layers whose name contains this text")
   parser.add_argument("--no-torch", action="store_true")
+  parser.add_argument("--keep-freed-memory", action="store_true",
+                      help="tell glibc's malloc to keep freed memory "
+                      "(no fresh page faults per call)")
   parser.add_argument("--markdown", default=None)
   parser.add_argument("--json", default=None)
   parser.add_argument("--plot", default=None)
   args = parser.parse_args(argv)
+  if args.keep_freed_memory and not keep_freed_memory():
+    parser.error("--keep-freed-memory needs glibc's mallopt")
   layers = QUICK if args.quick else SUITE
   if args.only:
     layers = [l for l in layers if args.only in l.name]

@@ -501,7 +501,7 @@ def make_conv_geometry(
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
       default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
-      ``"phased"``, ``"split_groups"`` or ``"chunked"``.
+      ``"phased"``, ``"split_groups"``, ``"chunked"`` or ``"folded"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -649,7 +649,8 @@ def conv_general_dilated(
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
       ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"``,
-      ``"split_groups"`` or ``"chunked"`` (see ``docs/performance.md``).
+      ``"split_groups"``, ``"chunked"`` or ``"folded"`` (see
+      ``docs/performance.md``).
       The results are the same up to rounding.
 
   Returns:

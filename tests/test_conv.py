@@ -206,6 +206,25 @@ CHUNKED = [
         dimension_numbers=("NHWC", "HWIO", "NHWC"))),
 ]
 CHUNKED_IDS = ["chunked-nchw", "chunked-nhwc-stride-dil"]
+
+# Stride, kernel dilation, input dilation and uneven padding in the first
+# spatial dimension, the one "folded" unrolls: NHWC (its "taps" form in the
+# forward pass and input gradient, "positions" in the kernel gradient),
+# NCHW with feature groups (the "positions" form in the forward pass) and a
+# 3-D NDHWC case folded twice when forced.
+FOLDED = [
+    Case((2, 9, 5, 3), (3, 2, 3, 4), dict(
+        window_strides=(2, 1), padding=((2, 1), (0, 1)), rhs_dilation=(2, 1),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+    Case((2, 4, 6, 5), (6, 2, 3, 2), dict(
+        window_strides=(1, 2), padding=((1, -1), (1, 0)), lhs_dilation=(2, 1),
+        feature_group_count=2)),
+    Case((2, 5, 4, 6, 2), (3, 2, 2, 2, 3), dict(
+        window_strides=(2, 1, 1), padding="SAME", rhs_dilation=(1, 2, 1),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
+]
+FOLDED_IDS = ["folded-nhwc-stride-dil", "folded-nchw-groups-lhsdil",
+              "folded-3d"]
 ALL_ALGORITHMS = [name for name in jaxconv.ALGORITHMS if name != "auto"]
 
 
@@ -357,8 +376,9 @@ def test_each_algorithm_matches_lax(algorithm, case):
 
 
 @pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
-@pytest.mark.parametrize("case", FIXED + PHASED + CHUNKED,
-                         ids=FIXED_IDS + PHASED_IDS + CHUNKED_IDS)
+@pytest.mark.parametrize("case", FIXED + PHASED + CHUNKED + FOLDED,
+                         ids=FIXED_IDS + PHASED_IDS + CHUNKED_IDS
+                         + FOLDED_IDS)
 def test_each_algorithm_fixed_cases(algorithm, case):
   with jaxconv.use_algorithm(algorithm):
     compare_with_lax(case, jnp.float32)
@@ -371,6 +391,16 @@ def test_each_algorithm_check_grads(algorithm, case):
   lhs, rhs = case.arrays(jnp.float64)
   with jaxconv.use_algorithm(algorithm):
     f = jax.jit(_jaxconv_conv(case))  # traced here, inside the block
+    jax.test_util.check_grads(f, (lhs, rhs), order=2, modes=("rev",))
+
+
+@pytest.mark.parametrize("case", FOLDED[:2], ids=FOLDED_IDS[:2])
+def test_folded_check_grads(case):
+  """Second order through both forms of "folded", with stride, dilations
+  and padding in the dimension it unrolls."""
+  lhs, rhs = case.arrays(jnp.float64)
+  with jaxconv.use_algorithm("folded"):
+    f = jax.jit(_jaxconv_conv(case))
     jax.test_util.check_grads(f, (lhs, rhs), order=2, modes=("rev",))
 
 
@@ -436,13 +466,32 @@ def test_chunked_splits_the_samples():
   assert operands and all(int(n) <= 8 for n in operands), operands
 
 
+@pytest.mark.parametrize("case", [FIXED[1], FOLDED[0], FOLDED[2]],
+                         ids=["2d-nhwc-groups-dil", "folded-nhwc", "3d"])
+def test_folded_leaves_one_spatial_dimension(case):
+  """Forced "folded" on channels-last layouts, every convolution of the
+  forward pass and both gradients is one-dimensional (a 3-D one is folded
+  twice), one per unrolled row: the kernel's rows in the forward pass and
+  the input gradient, the kernel gradient's output rows (again the
+  kernel's) in the kernel gradient."""
+  lhs, rhs = case.arrays(jnp.float32)
+  f = functools.partial(jaxconv.conv_general_dilated, algorithm="folded",
+                        **case.kwargs)
+  grad = jax.grad(lambda lhs, rhs: jnp.sum(f(lhs, rhs) ** 2), (0, 1))
+  program = jax.jit(grad).lower(lhs, rhs).as_text()
+  labels = re.findall(r"dim_numbers = \[([^\]]*)\]x", program)
+  assert labels and all(len(l.split(",")) == 3 for l in labels), labels
+  taps = rhs.shape[0] * (rhs.shape[1] if lhs.ndim == 5 else 1)
+  assert program.count("stablehlo.convolution") == 3 * taps
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="the chunking policy is the CPU's")
 def test_chunks_shrink_for_large_samples():
   """The RGB stem at batch 8: its gradients hold 0.8 M elements per sample of
   the cotangent, so the policy chunks them 2 samples at a time
   (CHUNK_ELEMENTS), while the forward pass (output 5x its input) stays
-  whole. Lowered only, never run."""
+  whole (and, strided, unfolded). Lowered only, never run."""
   lhs = jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.float32)
   rhs = jax.ShapeDtypeStruct((7, 7, 3, 64), jnp.float32)
   f = functools.partial(jaxconv.conv, stride=2, padding=((3, 3), (3, 3)))
@@ -454,8 +503,11 @@ def test_chunks_shrink_for_large_samples():
   program = jax.jit(step).lower(lhs, rhs).as_text()
   operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
                         program)
-  # The forward pass whole, then four chunks of 2 for dx and for dw.
-  assert sorted(int(n) for n in operands) == [2] * 8 + [8], operands
+  # The forward pass whole, then four chunks of 2 for dx and for dw; each
+  # kernel-gradient chunk is folded into its 7 output rows, whose operand
+  # merges the chunk's 2 samples with the 112 rows of the window.
+  assert sorted(int(n) for n in operands) == [2] * 4 + [8] + [224] * 28, (
+      operands)
   def chunk(lhs_shape, rhs_shape, stride):
     geometry = jaxconv.make_conv_geometry(
         lhs_shape, rhs_shape, stride, "SAME",
@@ -468,9 +520,9 @@ def test_chunks_shrink_for_large_samples():
 
 
 def test_default_choice_is_a_pure_function_of_geometry():
-  def choice(lhs_shape, rhs_shape, backend, padding="SAME", **kw):
+  def choice(lhs_shape, rhs_shape, backend, padding="SAME", stride=1, **kw):
     geometry = jaxconv.make_conv_geometry(
-        lhs_shape, rhs_shape, 1, padding,
+        lhs_shape, rhs_shape, stride, padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
     out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
     return jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
@@ -478,18 +530,25 @@ def test_default_choice_is_a_pure_function_of_geometry():
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu") == "shifted"
   assert choice((8, 28, 28, 128), (3, 3, 1, 128), "cpu",
                 feature_group_count=128) == "shifted"
-  assert choice((8, 56, 56, 64), (3, 3, 64, 64), "cpu") == "xla"
+  # Dense layers of at least FOLD_MIN_ELEMENTS: the first spatial
+  # dimension folded, row by row; smaller ones, and the GPU, XLA's kernel.
+  assert choice((8, 56, 56, 64), (3, 3, 64, 64), "cpu") == "folded"
+  assert choice((8, 56, 56, 64), (3, 3, 64, 64), "gpu") == "xla"
+  assert choice((8, 8, 8, 16), (3, 3, 16, 16), "cpu") == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "gpu") == "xla"
   # Large dense layers with more than 8 samples: in chunks of 8 on the CPU;
   # small ones (such as the dilated benchmark layer) stay whole.
   assert choice((32, 56, 56, 64), (3, 3, 64, 64), "cpu") == "chunked"
   assert choice((32, 56, 56, 64), (3, 3, 64, 64), "gpu") == "xla"
   assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu",
-                rhs_dilation=2) == "xla"
-  assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu") == "xla"
+                rhs_dilation=2) == "folded"
+  assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu") == "folded"
   # ... and so do forward passes whose output is more than twice their input
-  # (the chunks' outputs are concatenated).
-  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu") == "xla"
+  # (the chunks' outputs are concatenated), which fold instead at stride 1
+  # but not strided (a strided first dimension folded measured no faster).
+  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu") == "folded"
+  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu",
+                stride=2) == "xla"
   assert choice((32, 56, 56, 64), (3, 3, 32, 64), "cpu",
                 feature_group_count=2) == "split_groups"
   # Input dilation (a transposed convolution, a strided input gradient).

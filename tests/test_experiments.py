@@ -166,6 +166,36 @@ def test_benchmark_quick_run(tmp_path):
   assert "geometric mean" in table
 
 
+_FAULTS_AFTER_FREE = """
+import resource, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import benchmark
+if sys.argv[2] == "keep":
+  assert benchmark.keep_freed_memory()
+for _ in range(3):      # 100 MB allocated, filled and freed, three times
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  a = np.ones(25_000_000, np.float32)
+  del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="glibc's mallopt")
+def test_keep_freed_memory_stops_fresh_page_faults():
+  # --keep-freed-memory: a large buffer freed and allocated again is served
+  # from memory already mapped, so filling it faults no page in; with
+  # glibc's defaults it is mapped afresh each time.
+  def faults(mode):
+    out = subprocess.run([sys.executable, "-c", _FAULTS_AFTER_FREE,
+                          str(EXPERIMENTS), mode], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[-1])
+  assert faults("keep") < 10
+  assert faults("default") > 100
+
+
 def test_benchmark_chunks_times_the_chunk_sizes_it_names(tmp_path):
   benchmark_chunks = _experiment_module("benchmark_chunks")
   layer = next(layer for layer in benchmark_chunks.benchmark.SUITE
