@@ -200,20 +200,20 @@ def keep_freed_memory() -> bool:
   buffers afresh and faults every page in again (docs/performance.md,
   "What each rule keeps"). This sets what ``MALLOC_MMAP_THRESHOLD_=1000000000
   MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_ARENA_MAX=1`` would: requests up
-  to 1 GB come from the heap, which is not trimmed below 2 GB of free
-  memory, and every thread allocates from the main heap (a thread's own
+  to 1 GB come from the heap, which is given back to the system only when
+  more than 2 GB at its top are free, and every thread allocates from the main heap (a thread's own
   heap is at most 64 MiB, and a larger request is mapped afresh whatever
   the threshold). It applies to the whole process, PyTorch included, and
   must run before the first computation starts XLA's threads.
   """
   try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+  except (OSError, AttributeError):
     return False
   m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
   settings = ((m_mmap_threshold, 1_000_000_000),
               (m_trim_threshold, 2_000_000_000), (m_arena_max, 1))
-  return all(libc.mallopt(option, value) == 1 for option, value in settings)
+  return all(mallopt(option, value) == 1 for option, value in settings)
 
 
 def forward_backward(f, x, w, cotangent):
