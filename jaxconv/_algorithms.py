@@ -826,12 +826,10 @@ def folded(lhs, rhs, geometry, out_shape):
   (positions) convolutions of one spatial dimension fewer."""
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   form = _fold_form(geometry)
-  (lo, hi), a = geometry.padding[0], geometry.lhs_dilation[0]
-  config = [(0, 0, 0)] * lhs.ndim
-  config[lhs_spec[2]] = (lo, hi, a - 1)
-  x = lhs
-  if config[lhs_spec[2]] != (0, 0, 0):      # x^ along the first dim only
-    x = lax.pad(lhs, jnp.zeros((), lhs.dtype), config)
+  rest = len(geometry.padding) - 1          # x^ along the first dim only
+  x = _prepared_input(lhs, geometry._replace(
+      padding=geometry.padding[:1] + ((0, 0),) * rest,
+      lhs_dilation=geometry.lhs_dilation[:1] + (1,) * rest))
   s, d = geometry.window_strides[0], geometry.rhs_dilation[0]
   taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
