@@ -98,8 +98,10 @@ CHUNK_ELEMENTS = 2_000_000
 CHUNK_MIN_ELEMENTS = 4_500_000
 
 # "folded": the size of the largest array from which the CPU policy folds a
-# dense convolution's first spatial dimension.
+# dense convolution's first spatial dimension, and the fewest contracted
+# features a 2-D one must have (3-D and higher fold whatever their features).
 FOLD_MIN_ELEMENTS = 250_000
+FOLD_MIN_FEATURES = 64
 
 _ALGORITHM = contextvars.ContextVar("jaxconv_algorithm", default="auto")
 
@@ -234,15 +236,22 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     gradients, and the RGB stem's gradients about 2x faster on chunks of 2
     than of 8), unless the batch is chunked and the output is more than
     twice the input;
-  * a dense convolution with at least two spatial dimensions, an operand
-    or output of at least ``FOLD_MIN_ELEMENTS`` elements, no input dilation
-    in the first spatial dimension and, in the "taps" form, stride 1 there:
+  * a dense convolution with three or more spatial dimensions, or with two
+    and at least ``FOLD_MIN_FEATURES`` contracted features, an operand or
+    output of at least ``FOLD_MIN_ELEMENTS`` elements, no input dilation in
+    the first spatial dimension and, in the "taps" form, stride 1 there:
     ``"folded"``, convolutions of one dimension fewer, themselves chosen by
-    this policy (so a 3-D one folds twice, and a chunk is folded). XLA's
-    CPU kernel measured up to 2x faster on the rows of a 2-D or 3-D
-    convolution than on the whole, and up to 6x on a dilated layer's kernel
-    gradient at batch 32; with input dilation there (a strided layer's input
-    gradient) folding measured 2-4x slower, strided it gained nothing;
+    this policy (so a chunk is folded, and a 3-D one folds into 2-D
+    convolutions that fold again where they contract enough features).
+    On an AVX-512 CPU, XLA's kernel measured 1.3-2.3x faster on the
+    planes of a 3-D convolution than on the whole, and 1.1-1.4x faster on
+    the rows of a 2-D one contracting 64 features; on rows contracting 32
+    features or fewer it was slower in 12 of 15 cases (up to 1.8x), as it
+    was on the rows of 2-D kernel gradients, which contract only the
+    samples (1.15-1.6x slower). With input dilation in the first dimension
+    (a strided layer's input gradient) rows measured 2-4x slower, strided
+    ones no faster. (On an AVX2-only CPU the rows of 2-D kernel gradients
+    measured 1.5-2x faster: ``algorithm="folded"`` forces them.);
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
@@ -303,6 +312,8 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
         or math.prod(out_shape) <= 2 * math.prod(lhs_shape)):
       return "chunked"
   if (not grouped and largest >= FOLD_MIN_ELEMENTS
+      and (len(geometry.padding) > 2
+           or lhs_shape[lhs_spec[1]] >= FOLD_MIN_FEATURES)
       and geometry.lhs_dilation[0] == 1
       and (_fold_form(geometry) == "positions"
            or geometry.window_strides[0] == 1)

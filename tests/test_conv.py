@@ -503,11 +503,11 @@ def test_chunks_shrink_for_large_samples():
   program = jax.jit(step).lower(lhs, rhs).as_text()
   operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
                         program)
-  # The forward pass whole, then four chunks of 2 for dx and for dw; each
-  # kernel-gradient chunk is folded into its 7 output rows, whose operand
-  # merges the chunk's 2 samples with the 112 rows of the window.
-  assert sorted(int(n) for n in operands) == [2] * 4 + [8] + [224] * 28, (
-      operands)
+  # The forward pass whole, then four chunks of 2 for dx and for dw. Neither
+  # gradient's chunks are folded: dx has input dilation in its first
+  # dimension, and dw contracts only the chunk's 2 samples
+  # (FOLD_MIN_FEATURES).
+  assert sorted(int(n) for n in operands) == [2] * 8 + [8], operands
   def chunk(lhs_shape, rhs_shape, stride):
     geometry = jaxconv.make_conv_geometry(
         lhs_shape, rhs_shape, stride, "SAME",
@@ -530,11 +530,20 @@ def test_default_choice_is_a_pure_function_of_geometry():
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu") == "shifted"
   assert choice((8, 28, 28, 128), (3, 3, 1, 128), "cpu",
                 feature_group_count=128) == "shifted"
-  # Dense layers of at least FOLD_MIN_ELEMENTS: the first spatial
-  # dimension folded, row by row; smaller ones, and the GPU, XLA's kernel.
+  # Dense 2-D layers of at least FOLD_MIN_ELEMENTS with at least
+  # FOLD_MIN_FEATURES contracted features: the first spatial dimension
+  # folded, row by row; smaller ones, fewer features, and the GPU, XLA's
+  # kernel. 3-D layers fold whatever their features.
   assert choice((8, 56, 56, 64), (3, 3, 64, 64), "cpu") == "folded"
   assert choice((8, 56, 56, 64), (3, 3, 64, 64), "gpu") == "xla"
   assert choice((8, 8, 8, 16), (3, 3, 16, 16), "cpu") == "xla"
+  assert choice((32, 28, 28, 32), (3, 3, 32, 32), "cpu") == "xla"
+  volume = jaxconv.make_conv_geometry(
+      (8, 16, 16, 16, 16), (3, 3, 3, 16, 32), 1, "SAME",
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  assert jaxconv.choose_algorithm(volume, (8, 16, 16, 16, 16),
+                                  (3, 3, 3, 16, 32), (8, 16, 16, 16, 32),
+                                  "cpu") == "folded"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "gpu") == "xla"
   # Large dense layers with more than 8 samples: in chunks of 8 on the CPU;
   # small ones (such as the dilated benchmark layer) stay whole.
@@ -545,10 +554,12 @@ def test_default_choice_is_a_pure_function_of_geometry():
   assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu") == "folded"
   # ... and so do forward passes whose output is more than twice their input
   # (the chunks' outputs are concatenated), which fold instead at stride 1
-  # but not strided (a strided first dimension folded measured no faster).
-  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu") == "folded"
-  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu",
+  # given enough features, but not strided (a strided first dimension
+  # folded measured no faster).
+  assert choice((32, 224, 224, 64), (7, 7, 64, 256), "cpu") == "folded"
+  assert choice((32, 224, 224, 64), (7, 7, 64, 1024), "cpu",
                 stride=2) == "xla"
+  assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu") == "xla"
   assert choice((32, 56, 56, 64), (3, 3, 32, 64), "cpu",
                 feature_group_count=2) == "split_groups"
   # Input dilation (a transposed convolution, a strided input gradient).

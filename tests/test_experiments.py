@@ -213,3 +213,46 @@ def test_benchmark_chunks_times_the_chunk_sizes_it_names(tmp_path):
   for row in rows:
     cells = row.rsplit("  ", 1)[-1].split(" / ")
     assert len(cells) == 5 and cells[2] == cells[3] == "-", row
+
+
+def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
+  """Each variant is traced under its algorithm and constants, which are
+  restored afterwards: forced "folded" leaves 1-D convolutions, one per
+  kernel row; the default policy keeps this small layer whole until its
+  folding thresholds are lowered."""
+  bench = _experiment_module("benchmark_algorithms")
+  assert bench.parse_variant("auto:FOLD_MIN_ELEMENTS=inf,CHUNK_SAMPLES=2") == (
+      "auto", {"FOLD_MIN_ELEMENTS": float("inf"), "CHUNK_SAMPLES": 2})
+  for bad in ("fastest", "auto:FOLD_MIN_ELEMENTS", "auto:NO_SUCH_CONSTANT=1",
+              "auto:choose_algorithm=1", "auto:FOLD_MIN_ELEMENTS=many"):
+    with pytest.raises(ValueError, match="--variant"):
+      bench.parse_variant(bad)
+  from jaxconv import _algorithms
+  threshold = _algorithms.FOLD_MIN_ELEMENTS
+  features = _algorithms.FOLD_MIN_FEATURES
+  layer = next(layer for layer, batch in bench.SMALL
+               if layer.spatial == (16, 16))
+  for variant, count, rank in (("xla", 1, 4), ("folded", 3, 3),
+                               ("auto", 1, 4),
+                               ("auto:FOLD_MIN_ELEMENTS=0,FOLD_MIN_FEATURES=0", 3, 3)):
+    compiled = bench.pass_programs(layer, 2, *bench.parse_variant(variant))
+    for name, (f, _) in compiled.items():
+      shapes = re.findall(r"= \w+\[([\d,]*)\]\S* convolution\(", f.as_text())
+      assert len(shapes) == count, (variant, name, shapes)
+      assert all(len(s.split(",")) == rank for s in shapes), (variant, shapes)
+    assert (_algorithms.FOLD_MIN_ELEMENTS, _algorithms.FOLD_MIN_FEATURES) == (
+        threshold, features)
+  assert _algorithms.check_algorithm(None) == "auto"
+
+  bench.main(["--small", "--only", "@16", "--batch", "8", "--repeats", "1",
+              "--variant", "xla", "--variant", "folded"])
+  rows = capsys.readouterr().out.strip().splitlines()[1:]
+  assert len(rows) == 3, rows
+  for row, name in zip(rows, bench.PASSES):
+    assert name in row and row.endswith("(xla / folded)"), row
+    assert re.search(r"  [\d.]+ / [\d.]+  ratio [\d.]+  ", row), row
+  bench.main(["--step", "--only", "1-D", "--batch", "2", "--repeats", "1",
+              "--variant", "auto", "--variant", "xla"])
+  (row,) = capsys.readouterr().out.strip().splitlines()[1:]
+  assert re.search(r"ratio [\d.]+  temp MB [\d.]+ / [\d.]+  faults \d+ / \d+  "
+                   r"\(xla/xla/xla \| xla/xla/xla\)$", row), row
