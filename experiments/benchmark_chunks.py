@@ -17,6 +17,7 @@ order; medians in milliseconds.
 from __future__ import annotations
 
 import argparse
+
 import jax
 
 import benchmark

@@ -243,12 +243,13 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     ``"folded"``, convolutions of one dimension fewer, themselves chosen by
     this policy (so a chunk is folded, and a 3-D one folds into 2-D
     convolutions that fold again where they contract enough features).
-    On an AVX-512 CPU, XLA's kernel measured 1.3-2.3x faster on the
-    planes of a 3-D convolution than on the whole, and 1.1-1.4x faster on
-    the rows of a 2-D one contracting 64 features; on rows contracting 32
-    features or fewer it was slower in 12 of 15 cases (up to 1.8x), as it
-    was on the rows of 2-D kernel gradients, which contract only the
-    samples (1.15-1.6x slower). With input dilation in the first dimension
+    On an AVX-512 CPU, XLA's kernel measured 1.4-4.1x faster on the
+    planes of a 3-D convolution than on the whole, and 1.25-1.6x faster on
+    the rows of a 2-D one contracting 64 features (within 8-sample chunks
+    even or slower, 1.04-1.15); on rows contracting 32 features or fewer
+    it was slower in 12 of 15 cases (up to 1.8x), as it was on the rows of
+    2-D kernel gradients, which contract only the samples (1.05-1.5x
+    slower). With input dilation in the first dimension
     (a strided layer's input gradient) rows measured 2-4x slower, strided
     ones no faster. (On an AVX2-only CPU the rows of 2-D kernel gradients
     measured 1.5-2x faster: ``algorithm="folded"`` forces them.);
