@@ -30,6 +30,7 @@ import datetime
 import functools
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -307,6 +308,17 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
   return row
 
 
+def machine() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one), its
+  architecture and core count, and whether it has AVX-512, which the
+  folding policy reads (``FOLD_KERNEL_GRADIENTS``)."""
+  model = _algorithms.cpuinfo_field(_algorithms.host_cpuinfo(), "model name")
+  avx512 = {True: "AVX-512", False: "no AVX-512",
+            None: "AVX-512 unknown"}[_algorithms.host_has_avx512()]
+  return (f"{model or platform.processor() or platform.machine()} "
+          f"({platform.machine()}, {os.cpu_count()} cores, {avx512})")
+
+
 def matmul_gflops(repeats: int) -> float:
   """The machine's float32 matmul rate: the ceiling a convolution can approach."""
   a = jax.random.normal(jax.random.key(1), (2048, 2048), jnp.float32)
@@ -340,7 +352,7 @@ def markdown(rows, matmul_rate, args) -> str:
   summary = [f"- batch {b}: geometric mean of fwd+bwd ratios (jaxconv / lax) "
              f"{math.exp(np.mean(np.log(v))):.2f} over {len(v)} layers"
              for b, v in sorted(ratios.items())]
-  info = (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}"
+  info = (f"Measured {datetime.date.today()} on {machine()}"
           f" ({jax.device_count()} {jax.default_backend()} device(s)), "
           f"jax {jax.__version__}, float32, median of {args.repeats} "
           f"interleaved runs. Matmul rate (2048² float32): "

@@ -217,7 +217,8 @@ def main(argv=None) -> int:
   if args.only:
     cases = [(layer, b) for layer, b in cases if args.only in layer.name]
   names = " / ".join(args.variant or ["xla", "auto"])
-  print(f"jax {jax.__version__}, {jax.default_backend()}, float32, median of "
+  print(f"{benchmark.machine()}; jax {jax.__version__}, "
+        f"{jax.default_backend()}, float32, median of "
         f"{args.repeats}; ms {'forward+backward' if args.step else 'per pass'}"
         f": {names}")
   for layer, batch in cases:

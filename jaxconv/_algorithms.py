@@ -55,7 +55,8 @@ The direct algorithms slice and contract the arrays in their own layouts
 transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
-and the backend; a user can force an algorithm with the ``algorithm=``
+and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, of whether the
+host CPU has AVX-512, read once per process); a user can force an algorithm with the ``algorithm=``
 keyword or the ``use_algorithm`` context manager. A forced algorithm is used
 for every convolution of the rule whose shape it supports (at most
 ``MAX_UNROLLED`` taps, output positions, phases or groups; ``"phased"``
@@ -103,6 +104,12 @@ CHUNK_MIN_ELEMENTS = 4_500_000
 FOLD_MIN_ELEMENTS = 250_000
 FOLD_MIN_FEATURES = 64
 
+# "folded" for 2-D kernel gradients too (the convolutions of eq. 9, which
+# contract the samples), whatever their number: ``None`` decides by the host,
+# yes on an x86 CPU without AVX-512 (``host_has_avx512``); ``True`` or
+# ``False`` forces it.
+FOLD_KERNEL_GRADIENTS = None
+
 _ALGORITHM = contextvars.ContextVar("jaxconv_algorithm", default="auto")
 
 
@@ -135,6 +142,42 @@ def check_algorithm(name, argument: str = "algorithm") -> str:
   if not isinstance(name, str) or name not in ALGORITHMS:
     raise ValueError(f"`{argument}` must be one of {ALGORITHMS}, got {name!r}.")
   return name
+
+
+def cpuinfo_field(cpuinfo: str, key: str) -> str | None:
+  """The value of ``key`` for the first processor listed in the text of
+  ``/proc/cpuinfo`` (e.g. ``"model name"``, ``"flags"``); ``None`` where it
+  has none."""
+  for line in cpuinfo.splitlines():
+    name, colon, value = line.partition(":")
+    if colon and name.strip() == key:
+      return value.strip()
+  return None
+
+
+@functools.cache
+def host_cpuinfo() -> str:
+  """The first processor's entry of ``/proc/cpuinfo``; ``""`` where there
+  is no such file."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      return "".join(itertools.takewhile(lambda line: line.strip(), f))
+  except OSError:
+    return ""
+
+
+def host_has_avx512() -> bool | None:
+  """Whether this machine's x86 CPU has AVX-512 (the ``avx512f`` flag);
+  ``None`` where that is unknown (no ``/proc/cpuinfo``, or a CPU without a
+  ``flags`` line there: not x86)."""
+  flags = cpuinfo_field(host_cpuinfo(), "flags")
+  return None if flags is None else "avx512f" in flags.split()
+
+
+def _fold_kernel_gradients() -> bool:
+  if FOLD_KERNEL_GRADIENTS is None:
+    return host_has_avx512() is False
+  return bool(FOLD_KERNEL_GRADIENTS)
 
 
 def _spatial(shape, spec):
@@ -237,7 +280,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     than of 8), unless the batch is chunked and the output is more than
     twice the input;
   * a dense convolution with three or more spatial dimensions, or with two
-    and at least ``FOLD_MIN_FEATURES`` contracted features, an operand or
+    and at least ``FOLD_MIN_FEATURES`` contracted features, or with two
+    contracting the samples (a kernel gradient) where
+    ``FOLD_KERNEL_GRADIENTS`` says so, an operand or
     output of at least ``FOLD_MIN_ELEMENTS`` elements, no input dilation in
     the first spatial dimension and, in the "taps" form, stride 1 there:
     ``"folded"``, convolutions of one dimension fewer, themselves chosen by
@@ -249,10 +294,11 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     even or slower, 1.04-1.15); on rows contracting 32 features or fewer
     it was slower in 12 of 15 cases (up to 1.8x), as it was on the rows of
     2-D kernel gradients, which contract only the samples (1.05-1.5x
-    slower). With input dilation in the first dimension
-    (a strided layer's input gradient) rows measured 2-4x slower, strided
-    ones no faster. (On an AVX2-only CPU the rows of 2-D kernel gradients
-    measured 1.5-2x faster: ``algorithm="folded"`` forces them.);
+    slower). On an x86 CPU without AVX-512 those kernel gradients measured
+    1.4-13x faster folded, so there they fold as well, whatever the number of
+    samples (``FOLD_KERNEL_GRADIENTS``, decided by ``host_has_avx512``).
+    With input dilation in the first dimension (a strided layer's input
+    gradient) rows measured 2-4x slower, strided ones no faster;
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
@@ -314,7 +360,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
       return "chunked"
   if (not grouped and largest >= FOLD_MIN_ELEMENTS
       and (len(geometry.padding) > 2
-           or lhs_shape[lhs_spec[1]] >= FOLD_MIN_FEATURES)
+           or lhs_shape[lhs_spec[1]] >= FOLD_MIN_FEATURES
+           or (_sample_axis(geometry) == "feature"
+               and _fold_kernel_gradients()))
       and geometry.lhs_dilation[0] == 1
       and (_fold_form(geometry) == "positions"
            or geometry.window_strides[0] == 1)

@@ -487,11 +487,14 @@ def test_folded_leaves_one_spatial_dimension(case):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="the chunking policy is the CPU's")
-def test_chunks_shrink_for_large_samples():
+@pytest.mark.parametrize("fold_kernel_gradients", [False, True])
+def test_chunks_shrink_for_large_samples(fold_kernel_gradients, monkeypatch):
   """The RGB stem at batch 8: its gradients hold 0.8 M elements per sample of
   the cotangent, so the policy chunks them 2 samples at a time
   (CHUNK_ELEMENTS), while the forward pass (output 5x its input) stays
   whole (and, strided, unfolded). Lowered only, never run."""
+  monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS",
+                      fold_kernel_gradients)
   lhs = jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.float32)
   rhs = jax.ShapeDtypeStruct((7, 7, 3, 64), jnp.float32)
   f = functools.partial(jaxconv.conv, stride=2, padding=((3, 3), (3, 3)))
@@ -503,11 +506,17 @@ def test_chunks_shrink_for_large_samples():
   program = jax.jit(step).lower(lhs, rhs).as_text()
   operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
                         program)
-  # The forward pass whole, then four chunks of 2 for dx and for dw. Neither
-  # gradient's chunks are folded: dx has input dilation in its first
-  # dimension, and dw contracts only the chunk's 2 samples
-  # (FOLD_MIN_FEATURES).
-  assert sorted(int(n) for n in operands) == [2] * 8 + [8], operands
+  # The forward pass whole, then four chunks of 2 for dx and for dw. dx's
+  # chunks are never folded (input dilation in their first dimension); dw's
+  # contract only the chunk's 2 samples, fewer than FOLD_MIN_FEATURES, so
+  # they are folded only with FOLD_KERNEL_GRADIENTS: each into its 7 output
+  # rows, 1-D convolutions whose contracted features are the chunk's 2
+  # samples times the 112 rows of x^ that one output row reads.
+  if fold_kernel_gradients:
+    assert sorted(int(n) for n in operands) == [2] * 4 + [8] + [224] * 28, (
+        operands)
+  else:
+    assert sorted(int(n) for n in operands) == [2] * 8 + [8], operands
   def chunk(lhs_shape, rhs_shape, stride):
     geometry = jaxconv.make_conv_geometry(
         lhs_shape, rhs_shape, stride, "SAME",
@@ -517,6 +526,58 @@ def test_chunks_shrink_for_large_samples():
   assert chunk((8, 224, 224, 3), (7, 7, 3, 64), 2) == 2
   # A 3x3 64-feature layer at 56x56 holds 0.2 M elements per sample: 8.
   assert chunk((32, 56, 56, 64), (3, 3, 64, 64), 1) == 8
+
+
+def test_cpuinfo_and_avx512(monkeypatch):
+  """``cpuinfo_field`` reads the first processor's entry of /proc/cpuinfo's
+  text; ``host_has_avx512`` looks for ``avx512f`` among its flags, and knows
+  a CPU without a flags line (ARM lists "Features")."""
+  two = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2"
+         " fma\n\nprocessor\t: 1\nflags\t\t: fpu avx512f\n")
+  assert _algorithms.cpuinfo_field(two, "flags") == "fpu sse2 avx2 fma"
+  assert _algorithms.cpuinfo_field(two, "model name") == "AMD EPYC"
+  assert _algorithms.cpuinfo_field(two, "microcode") is None
+  assert _algorithms.host_has_avx512() in (True, False, None)
+  for text, expected in ((two, False),
+                         ("flags\t\t: fpu avx512f avx512bw\n", True),
+                         ("flags\t\t: fpu avx512fx\n", False),
+                         ("processor\t: 0\nFeatures\t: fp asimd\n", None),
+                         ("", None)):
+    monkeypatch.setattr(_algorithms, "host_cpuinfo", lambda text=text: text)
+    assert _algorithms.host_has_avx512() is expected, text
+    monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", None)
+    assert _algorithms._fold_kernel_gradients() is (expected is False), text
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_kernel_gradients_fold_where_told(fold, monkeypatch):
+  """FOLD_KERNEL_GRADIENTS (by default: on an x86 CPU without AVX-512) folds
+  2-D kernel gradients, which contract the samples, whatever their number;
+  the forward pass, the input gradient and the GPU are left as they were."""
+  monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", fold)
+  numbers = ("NHWC", "HWIO", "NHWC")
+  for lhs_shape, rhs_shape, stride, forward in (
+      ((8, 56, 56, 64), (3, 3, 64, 64), 1, "folded"),
+      ((8, 56, 56, 64), (3, 3, 64, 128), 2, "xla"),
+      ((32, 28, 28, 32), (3, 3, 32, 32), 1, "xla")):
+    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride, "SAME",
+                                          dimension_numbers=numbers)
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
+                                                      rhs_shape)
+    assert jaxconv.choose_algorithm(dw, lhs_shape, out, rhs_shape,
+                                    "cpu") == ("folded" if fold else "xla")
+    assert jaxconv.choose_algorithm(dw, lhs_shape, out, rhs_shape,
+                                    "gpu") == "xla"
+    assert jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
+                                    "cpu") == forward
+  # Below FOLD_MIN_ELEMENTS a kernel gradient stays whole either way.
+  small = jaxconv.make_conv_geometry((8, 8, 8, 16), (3, 3, 16, 16), 1, "SAME",
+                                     dimension_numbers=numbers)
+  dw = jaxconv.convolution.kernel_gradient_geometry(small, (8, 8, 8, 16),
+                                                    (3, 3, 16, 16))
+  assert jaxconv.choose_algorithm(dw, (8, 8, 8, 16), (8, 8, 8, 16),
+                                  (3, 3, 16, 16), "cpu") == "xla"
 
 
 def test_default_choice_is_a_pure_function_of_geometry():

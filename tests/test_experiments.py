@@ -164,6 +164,9 @@ def test_benchmark_quick_run(tmp_path):
   # Header, separator and one line per row.
   assert table.count("\n| ") == len(rows) + 2
   assert "geometric mean" in table
+  # The machine, with what the folding policy reads from it.
+  assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores, (no )?AVX-512( unknown)?\)",
+                   table), table.splitlines()[0]
 
 
 _FAULTS_AFTER_FREE = """
