@@ -56,8 +56,9 @@ transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
 and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, of whether the
-host CPU has AVX-512, read once per process); a user can force an algorithm with the ``algorithm=``
-keyword or the ``use_algorithm`` context manager. A forced algorithm is used
+host CPU has AVX-512, read once per process); a user can force an
+algorithm with the ``algorithm=`` keyword or the ``use_algorithm`` context
+manager. A forced algorithm is used
 for every convolution of the rule whose shape it supports (at most
 ``MAX_UNROLLED`` taps, output positions, phases or groups; ``"phased"``
 needs input dilation, ``"split_groups"`` groups, ``"chunked"`` more than
