@@ -22,7 +22,9 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     directly: the kernel gradient has as many outputs as the forward kernel
     has taps, and each is one large matrix product over batch and positions
     (or, with one output feature per group, a product summed over them; all
-    positions are then one reduction). Needs few output positions.
+    positions are then one reduction). In channels-last layouts batch and
+    positions are merged into one axis first (``_long_contraction``).
+    Needs few output positions.
 ``"phased"``
     Input dilation ``a`` (stride 1 and kernel dilation 1 in those
     dimensions) split into its ``a^n`` output phases, eq. (23): each phase is
@@ -43,8 +45,9 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     kernel gradients are added).
 ``"folded"``
     The first spatial dimension unrolled, a row at a time (eq. 70, the sum
-    of eq. 5 split over its rows): one convolution of one spatial dimension fewer per kernel row
-    ("taps": the output rows merged with the batch, the terms summed) or per
+    of eq. 5 split over its rows): one convolution of one spatial
+    dimension fewer per kernel row ("taps": the output rows merged with the
+    batch, the terms summed) or per
     output row ("positions": the window's rows merged with the contracted
     features, the results stacked), each evaluated by the algorithm chosen
     for it. The merges are free reshapes, so each form needs its layout
@@ -55,15 +58,15 @@ The direct algorithms slice and contract the arrays in their own layouts
 transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
-and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, of whether the
-host CPU has AVX-512, read once per process); a user can force an
-algorithm with the ``algorithm=`` keyword or the ``use_algorithm`` context
-manager. A forced algorithm is used
-for every convolution of the rule whose shape it supports (at most
-``MAX_UNROLLED`` taps, output positions, phases or groups; ``"phased"``
-needs input dilation, ``"split_groups"`` groups, ``"chunked"`` more than
-one chunk of samples, ``"folded"`` two spatial dimensions and a layout it
-can merge), and XLA's kernel for the rest. Inside ``"phased"``,
+and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, of the host CPU's
+vendor and whether it has AVX-512, read once per process); a user can force
+an algorithm with the ``algorithm=`` keyword or the ``use_algorithm``
+context manager. A forced algorithm is used for every convolution of the
+rule whose shape it supports (at most ``MAX_UNROLLED`` taps, output
+positions, phases or groups; ``"phased"`` needs input dilation,
+``"split_groups"`` groups, ``"chunked"`` more than one chunk of samples,
+``"folded"`` two spatial dimensions and a layout it can merge), and XLA's
+kernel for the rest. Inside ``"phased"``,
 ``"split_groups"`` and ``"chunked"`` a forced choice therefore leaves the
 undilated phases, the dense groups and the chunks to XLA; a forced
 ``"folded"`` folds its own convolutions again, down to one spatial
@@ -107,8 +110,11 @@ FOLD_MIN_FEATURES = 64
 
 # "folded" for 2-D kernel gradients too (the convolutions of eq. 9, which
 # contract the samples), whatever their number: ``None`` decides by the host,
-# yes on an x86 CPU without AVX-512 (``host_has_avx512``); ``True`` or
-# ``False`` forces it.
+# yes on an x86 CPU without AVX-512 or an Intel one with it, where folding
+# measured faster, no on other AVX-512 CPUs (AMD's, where it measured slower)
+# and where the CPU's flags are unknown (``host_has_avx512``,
+# ``host_cpu_vendor``);
+# ``True`` or ``False`` forces it.
 FOLD_KERNEL_GRADIENTS = None
 
 _ALGORITHM = contextvars.ContextVar("jaxconv_algorithm", default="auto")
@@ -175,9 +181,17 @@ def host_has_avx512() -> bool | None:
   return None if flags is None else "avx512f" in flags.split()
 
 
+def host_cpu_vendor() -> str | None:
+  """The x86 CPU's vendor string (``"GenuineIntel"``, ``"AuthenticAMD"``,
+  ...); ``None`` where it is unknown."""
+  return cpuinfo_field(host_cpuinfo(), "vendor_id")
+
+
 def _fold_kernel_gradients() -> bool:
   if FOLD_KERNEL_GRADIENTS is None:
-    return host_has_avx512() is False
+    avx512 = host_has_avx512()
+    return avx512 is False or (avx512 is True
+                               and host_cpu_vendor() == "GenuineIntel")
   return bool(FOLD_KERNEL_GRADIENTS)
 
 
@@ -289,15 +303,21 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     ``"folded"``, convolutions of one dimension fewer, themselves chosen by
     this policy (so a chunk is folded, and a 3-D one folds into 2-D
     convolutions that fold again where they contract enough features).
-    On an AVX-512 CPU, XLA's kernel measured 1.4-4.1x faster on the
-    planes of a 3-D convolution than on the whole, and 1.25-1.6x faster on
-    the rows of a 2-D one contracting 64 features (within 8-sample chunks
-    even or slower, 1.04-1.15); on rows contracting 32 features or fewer
-    it was slower in 12 of 15 cases (up to 1.8x), as it was on the rows of
-    2-D kernel gradients, which contract only the samples (1.05-1.5x
-    slower). On an x86 CPU without AVX-512 those kernel gradients measured
-    1.4-13x faster folded, so there they fold as well, whatever the number of
-    samples (``FOLD_KERNEL_GRADIENTS``, decided by ``host_has_avx512``).
+    On an AMD CPU with AVX-512, XLA's kernel measured 1.4-4.1x faster on
+    the planes of a 3-D convolution than on the whole, and 1.25-1.6x faster
+    on the rows of a 2-D one contracting 64 features (within 8-sample
+    chunks even or slower, 1.04-1.15); on rows contracting 32 features or
+    fewer it was slower in 12 of 15 cases (up to 1.8x), as it was on the
+    rows of 2-D kernel gradients, which contract only the samples
+    (1.05-1.5x slower). On an x86 CPU without AVX-512 those kernel
+    gradients measured 1.4-13x faster folded, and on an Intel CPU with
+    AVX-512 they took 0.58-0.79 of the time on the large layers (a 3x3
+    layer's whole training step 0.74-0.91), even on the stem and the
+    grouped layer at batch 32, 1.10-1.17 on the small dilated layer at
+    batch 8 (even in another run), so on both they fold as well, whatever
+    the number of samples
+    (``FOLD_KERNEL_GRADIENTS``, decided by ``host_has_avx512`` and
+    ``host_cpu_vendor``).
     With input dilation in the first dimension (a strided layer's input
     gradient) rows measured 2-4x slower, strided ones no faster;
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
@@ -483,13 +503,19 @@ def _dot_contract(patch, x_axes, kernel, k_axes, result, window, accumulate,
     # XLA's CPU dot has no bf16 x bf16 -> f32 kernel; products of
     # low-precision values are exact in the wider type anyway.
     patch, kernel = patch.astype(accumulate), kernel.astype(accumulate)
+  if window:
+    out = _long_contraction(patch, x_axes, kernel, k_axes, result,
+                            accumulate, precision)
+    if out is not None:
+      return out
   operands = [("".join(x_axes), patch), ("".join(k_axes), kernel)]
   if window and patch.size > kernel.size:
-    # A kernel gradient contracts both operands over their major axes
-    # (batch and positions); XLA's CPU dot then copies one of them into a
-    # transposed layout, and it is the first one. Put the smaller first:
-    # for the 1x1 benchmark layer at batch 32 that copies the 25.7 MB
-    # cotangent instead of the 102.8 MB input.
+    # A kernel gradient that _long_contraction cannot merge (its contracted
+    # axes do not lead both operands, as in NCHW) contracts them over
+    # several axes; XLA's CPU dot then copies one operand into a transposed
+    # layout, and it is the first one. Put the smaller first: for the 1x1
+    # benchmark layer at batch 32, when its kernel gradient took this path,
+    # that copied the 25.7 MB cotangent instead of the 102.8 MB input.
     operands.reverse()
   first, second = operands
   # dot_general's output lists the shared (group) axes, then the first
@@ -503,6 +529,47 @@ def _dot_contract(patch, x_axes, kernel, k_axes, result, window, accumulate,
                    second[1], precision=precision,
                    preferred_element_type=accumulate)
   return jnp.transpose(out, [natural.index(a) for a in result])
+
+
+def _long_contraction(patch, x_axes, kernel, k_axes, result, accumulate,
+                      precision):
+  """A kernel gradient's term of eq. (9) as a matrix product over one merged
+  axis, where the contracted axes (the samples and the window) lead both
+  operands in the same order and each operand has one free axis (no
+  groups): the channels-last layouts. Else ``None``. The operands are
+  already in the accumulation dtype.
+
+  The merge is a free reshape to an ``(M, C)`` and an ``(M, K)`` matrix,
+  whose product XLA's CPU dot ran 1.2-1.4x faster than the contraction
+  over several axes in seven of ten comparisons, and even in the others. That product, contracted over the major axis of both,
+  ran 1.2-2.4x faster still (on one core as on two) when the smaller of
+  ``C`` and ``K`` indexes its output's rows. XLA lays a lone product out as
+  its result is laid out, so to choose the rows the sum over ``M`` is split
+  into two halves, one batched product whose two partial sums are then
+  added: eq. (9)'s sum over the samples and the window, in two parts. That
+  pays where ``M`` is at least ``C*K`` (the 1x1 256->64 layer's kernel
+  gradient at 56x56 took 0.41-0.52 of its former time); with shorter
+  contractions the batched product measured up to 4x slower, so those stay
+  one product.
+  """
+  contracted = [a for a in x_axes if a in k_axes and a not in result]
+  n = len(contracted)
+  if (not contracted or x_axes[:n] != contracted or k_axes[:n] != contracted
+      or len(x_axes) != n + 1 or len(k_axes) != n + 1):
+    return None
+  length = math.prod(patch.shape[:n])
+  x_free, k_free = x_axes[n], k_axes[n]
+  x = patch.reshape(length, patch.shape[n])
+  k = kernel.reshape(length, kernel.shape[n])
+  einsum = functools.partial(jnp.einsum, precision=precision,
+                             preferred_element_type=accumulate)
+  if length % 2 or length < x.shape[1] * k.shape[1]:
+    return einsum(f"m{x_free},m{k_free}->{result}", x, k)
+  rows, cols = (x_free, k_free) if x.shape[1] <= k.shape[1] else (k_free,
+                                                                  x_free)
+  halves = einsum(f"bm{x_free},bm{k_free}->b{rows}{cols}",
+                  x.reshape(2, length // 2, -1), k.reshape(2, length // 2, -1))
+  return jnp.einsum(f"b{rows}{cols}->{result}", halves)
 
 
 def _broadcast_contract(patches, x_axes, kernel, k_axes, result, accumulate,

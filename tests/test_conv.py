@@ -420,6 +420,48 @@ def test_forced_algorithm_is_used(algorithm):
   assert "conv_general_dilated" in str(jax.make_jaxpr(default)(lhs, rhs))
 
 
+# Kernel gradients in channels-last layouts whose terms are one matrix product
+# over the merged samples and window (``_long_contraction``): split into two
+# halves where the contraction M is even and at least C*K, one product where
+# it is odd or shorter; an NCHW layer, whose contracted axes do not lead,
+# keeps the contraction over several axes. With a 1x1 kernel the policy picks
+# "window_dot" (one term); forced, a 3x3 kernel gives one term per kernel tap,
+# each from a sliced window of the input.
+LONG_CONTRACTIONS = [
+    # (lhs, rhs, stride, layout, forced algorithm, halves expected)
+    ((4, 6, 6, 5), (1, 1, 5, 3), 1, "NHWC", None, True),        # M 144, C*K 15
+    ((2, 4, 4, 3), (1, 1, 3, 3), 1, "NHWC", None, True),        # C = K
+    ((4, 6, 6, 5), (1, 1, 5, 3), 2, "NHWC", None, True),        # strided, M 36
+    ((3, 5, 1, 4), (1, 1, 4, 2), 1, "NHWC", None, False),       # M 15, odd
+    ((2, 3, 3, 6), (1, 1, 6, 8), 1, "NHWC", None, False),       # M 18 < 48
+    ((3, 7, 6, 4), (3, 2, 4, 2), 1, "NHWC", "window_dot", True),  # M 126
+    ((3, 4, 7, 6), (2, 4, 3, 3), 1, "NCHW", "window_dot", False),
+]
+
+
+@pytest.mark.parametrize("case", LONG_CONTRACTIONS,
+                         ids=[f"{c[3]}-{c[0]}-{c[1]}" for c in LONG_CONTRACTIONS])
+def test_kernel_gradient_as_long_contraction(case):
+  """The kernel gradient of eq. (9) over one merged contracted axis, whole
+  or in two halves, equals lax's in float64 and float32; the halves are one
+  batched ``dot_general`` with a batch of 2, present exactly where expected."""
+  lhs_shape, rhs_shape, stride, layout, forced, halves = case
+  numbers = ((layout, "HWIO", layout) if layout == "NHWC"
+             else (layout, "OIHW", layout))
+  kwargs = dict(window_strides=(stride, stride), padding="SAME",
+                dimension_numbers=numbers)
+  case = Case(lhs_shape, rhs_shape, kwargs)
+  with jaxconv.use_algorithm(forced or "auto"):
+    for dtype in (jnp.float64, jnp.float32):
+      compare_with_lax(case, dtype)
+    lhs, rhs = case.arrays(jnp.float32)
+    out, pullback = jax.vjp(_jaxconv_conv(case), lhs, rhs)
+    jaxpr = str(jax.make_jaxpr(pullback)(out))
+  batched = re.findall(r":f32\[2,\d+,\d+\] = dot_general\[\s*dimension_numbers="
+                       r"\(\(\[1\], \[1\]\), \(\[0\], \[0\]\)\)", jaxpr)
+  assert bool(batched) == halves, jaxpr
+
+
 def test_phased_leaves_no_input_dilation():
   """Forced "phased", every convolution left in the program is undilated."""
   case = PHASED[0]
@@ -531,29 +573,44 @@ def test_chunks_shrink_for_large_samples(fold_kernel_gradients, monkeypatch):
 def test_cpuinfo_and_avx512(monkeypatch):
   """``cpuinfo_field`` reads the first processor's entry of /proc/cpuinfo's
   text; ``host_has_avx512`` looks for ``avx512f`` among its flags, and knows
-  a CPU without a flags line (ARM lists "Features")."""
-  two = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2"
-         " fma\n\nprocessor\t: 1\nflags\t\t: fpu avx512f\n")
+  a CPU without a flags line (ARM lists "Features"); ``host_cpu_vendor``
+  reads its vendor_id. By default kernel gradients fold without AVX-512 and
+  on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU."""
+  two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC"
+         "\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n"
+         "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f\n")
   assert _algorithms.cpuinfo_field(two, "flags") == "fpu sse2 avx2 fma"
   assert _algorithms.cpuinfo_field(two, "model name") == "AMD EPYC"
   assert _algorithms.cpuinfo_field(two, "microcode") is None
   assert _algorithms.host_has_avx512() in (True, False, None)
-  for text, expected in ((two, False),
-                         ("flags\t\t: fpu avx512f avx512bw\n", True),
-                         ("flags\t\t: fpu avx512fx\n", False),
-                         ("processor\t: 0\nFeatures\t: fp asimd\n", None),
-                         ("", None)):
+  intel, amd = "vendor_id\t: GenuineIntel\n", "vendor_id\t: AuthenticAMD\n"
+  for text, avx512, vendor, fold in (
+      (two, False, "AuthenticAMD", True),
+      (intel + "flags\t\t: fpu avx2\n", False, "GenuineIntel", True),
+      (intel + "flags\t\t: fpu avx512f avx512bw\n", True, "GenuineIntel",
+       True),
+      (amd + "flags\t\t: fpu avx512f avx512bw\n", True, "AuthenticAMD",
+       False),
+      ("flags\t\t: fpu avx512f\n", True, None, False),
+      (intel + "flags\t\t: fpu avx512fx\n", False, "GenuineIntel", True),
+      ("processor\t: 0\nFeatures\t: fp asimd\n", None, None, False),
+      ("", None, None, False)):
     monkeypatch.setattr(_algorithms, "host_cpuinfo", lambda text=text: text)
-    assert _algorithms.host_has_avx512() is expected, text
+    assert _algorithms.host_has_avx512() is avx512, text
+    assert _algorithms.host_cpu_vendor() == vendor, text
     monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", None)
-    assert _algorithms._fold_kernel_gradients() is (expected is False), text
+    assert _algorithms._fold_kernel_gradients() is fold, text
+    for forced in (False, True):
+      monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", forced)
+      assert _algorithms._fold_kernel_gradients() is forced, text
 
 
 @pytest.mark.parametrize("fold", [False, True])
 def test_kernel_gradients_fold_where_told(fold, monkeypatch):
-  """FOLD_KERNEL_GRADIENTS (by default: on an x86 CPU without AVX-512) folds
-  2-D kernel gradients, which contract the samples, whatever their number;
-  the forward pass, the input gradient and the GPU are left as they were."""
+  """FOLD_KERNEL_GRADIENTS (by default: on an x86 CPU without AVX-512 or an
+  Intel one with it) folds 2-D kernel gradients, which contract the
+  samples, whatever their number; the forward pass, the input gradient and
+  the GPU are left as they were."""
   monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", fold)
   numbers = ("NHWC", "HWIO", "NHWC")
   for lhs_shape, rhs_shape, stride, forward in (

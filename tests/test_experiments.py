@@ -165,8 +165,8 @@ def test_benchmark_quick_run(tmp_path):
   assert table.count("\n| ") == len(rows) + 2
   assert "geometric mean" in table
   # The machine, with what the folding policy reads from it.
-  assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores, (no )?AVX-512( unknown)?\)",
-                   table), table.splitlines()[0]
+  assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores, [^,]+, "
+                   r"(no )?AVX-512( unknown)?\)", table), table.splitlines()[0]
 
 
 _FAULTS_AFTER_FREE = """
