@@ -498,7 +498,8 @@ def _one_output_feature_per_group(out_features: int, geometry) -> bool:
 
 def _dot_contract(patch, x_axes, kernel, k_axes, result, window, accumulate,
                   precision):
-  """The contraction as one ``dot_general`` (the kernel has a free axis)."""
+  """The contraction as one ``dot_general`` (the kernel has a free axis);
+  a channels-last kernel gradient's through ``_long_contraction``."""
   if accumulate is not None:
     # XLA's CPU dot has no bf16 x bf16 -> f32 kernel; products of
     # low-precision values are exact in the wider type anyway.
