@@ -283,15 +283,21 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
       f()
       times[label].append(time.perf_counter() - start)
 
-  contenders = [lambda: run_jax("jaxconv"), lambda: run_jax("lax")]
-  if torch_fns:
-    contenders.append(run_torch)
   for round_index in range(repeats):             # interleaved
-    # Rotate the order: whoever runs right after PyTorch's thread pool pays
-    # for it, so every contender takes that place equally often.
-    shift = round_index % len(contenders)
-    for run in contenders[shift:] + contenders[:shift]:
-      run()
+    # jaxconv and lax take turns to go first; PyTorch goes last. Whatever
+    # runs right after a PyTorch call is slowed down (on the 1-D layer,
+    # 2.8-3.6 ms of jax.grad of lax became 4.6-6.1 ms), and so is a JAX
+    # call after a pause (3.6 ms after 50 ms of sleep): so after PyTorch
+    # the next round's first program runs once untimed, and every timed JAX
+    # call follows a JAX call. (A three-way rotation had put jaxconv right
+    # after PyTorch in two rounds of three, lax in one.)
+    order = ("lax", "jaxconv") if round_index % 2 else ("jaxconv", "lax")
+    if torch_fns and round_index:
+      jax.block_until_ready(sides[order[0]][1](x, w, cotangent))
+    for side in order:
+      run_jax(side)
+    if torch_fns:
+      run_torch()
   for label, values in times.items():
     row[f"{label}_ms"] = float(np.median(values)) * 1e3 if values else None
   for side, values in faults.items():

@@ -146,11 +146,16 @@ def _time_interleaved(contenders, reps, warmup=2):
   times = {name: [] for name in contenders}
   faults = {name: [] for name in contenders}
   names = list(contenders)
+  previous = None
   for round_index in range(reps):
-    # Rotate the order: whoever runs right after PyTorch's thread pool pays
-    # for it, so every contender takes that place equally often.
+    # Rotate the order. Whatever runs right after a PyTorch call is slowed
+    # down (experiments/benchmark.py measures by how much), so a contender
+    # that follows PyTorch first runs once untimed.
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
+      if previous == "torch":
+        _block(contenders[name]())
+      previous = name
       before = _minor_faults()
       start = time.perf_counter()
       _block(contenders[name]())

@@ -462,6 +462,79 @@ def test_kernel_gradient_as_long_contraction(case):
   assert bool(batched) == halves, jaxpr
 
 
+# Kernel gradients of channels-last 2-D layers in strips of rows (eq. 71),
+# with STRIP_ELEMENTS set so that the plan is several strips of a few rows
+# per sample, several whole samples per strip, or one strip for the batch;
+# stride, kernel dilation and uneven or cropping padding in both
+# dimensions; the products' output rows indexed by the delta's features or,
+# where those are more than the patch width (OHWI, 2 features x 2 kernel
+# columns < 6), by the patch width.
+STRIPS = [
+    # (case, STRIP_ELEMENTS, plan (samples, rows), strips)
+    (Case((3, 8, 7, 4), (3, 3, 4, 5), dict(
+        window_strides=(1, 1), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))), 200, (1, 2), 12),
+    (Case((4, 11, 10, 5), (3, 2, 5, 4), dict(
+        window_strides=(2, 3), padding=((2, -1), (0, 1)),
+        rhs_dilation=(2, 1), dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+     600, (2, 4), 2),
+    (Case((3, 9, 8, 2), (6, 3, 2, 2), dict(
+        window_strides=(1, 2), padding="VALID", rhs_dilation=(1, 3),
+        dimension_numbers=("NHWC", "OHWI", "NHWC"))), 10**6, (3, 7), 1),
+]
+
+
+@pytest.mark.parametrize("case, elements, plan, count", STRIPS,
+                         ids=["rows", "samples-stride-dil", "ohwi-one-strip"])
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16])
+def test_strips_kernel_gradient(case, elements, plan, count, dtype,
+                                monkeypatch):
+  """Forced "strips", the kernel gradient (one loop over ``count`` strips
+  of ``plan``) equals lax's; the other two convolutions are XLA's."""
+  monkeypatch.setattr(_algorithms, "STRIP_ELEMENTS", elements)
+  lhs_shape = case.lhs_shape
+  geometry = jaxconv.make_conv_geometry(lhs_shape, case.rhs_shape,
+                                        **case.kwargs)
+  out_shape = jaxconv.conv_output_shape(geometry, lhs_shape, case.rhs_shape)
+  dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
+                                                    case.rhs_shape)
+  assert _algorithms.supports("strips", dw, lhs_shape, out_shape,
+                              case.rhs_shape)
+  assert _algorithms.strip_plan(lhs_shape, out_shape, case.rhs_shape,
+                                dw) == plan
+  with jaxconv.use_algorithm("strips"):
+    compare_with_lax(case, dtype)
+    lhs, rhs = case.arrays(dtype)
+    out, pullback = jax.vjp(_jaxconv_conv(case), lhs, rhs)
+    jaxpr = str(jax.make_jaxpr(pullback)(out))
+  assert re.findall(r"scan\[[^\]]*?length=(\d+)", jaxpr, re.S) == [str(count)]
+
+
+def test_strips_only_where_supported():
+  """Channels-last 2-D kernel gradients only: not the forward pass or the
+  input gradient, not NCHW, grouped, input-dilated or 1-D ones."""
+  def kernel_gradient(lhs_shape, rhs_shape, layout, padding="SAME",
+                      **kwargs):
+    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, 1, padding,
+                                          dimension_numbers=layout, **kwargs)
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
+                                                      rhs_shape)
+    return (_algorithms.supports("strips", dw, lhs_shape, out, rhs_shape),
+            _algorithms.supports("strips", geometry, lhs_shape, rhs_shape,
+                                 out))
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  assert kernel_gradient((2, 6, 6, 4), (3, 3, 4, 4), nhwc) == (True, False)
+  assert kernel_gradient((2, 4, 6, 6), (4, 4, 3, 3),
+                         ("NCHW", "OIHW", "NCHW")) == (False, False)
+  assert kernel_gradient((2, 6, 6, 4), (3, 3, 2, 4), nhwc,
+                         feature_group_count=2) == (False, False)
+  assert kernel_gradient((2, 6, 6, 4), (3, 3, 4, 4), nhwc, ((1, 1), (1, 1)),
+                         lhs_dilation=(2, 1)) == (False, False)
+  assert kernel_gradient((2, 6, 4), (3, 4, 4),
+                         ("NWC", "WIO", "NWC")) == (False, False)
+
+
 def test_phased_leaves_no_input_dilation():
   """Forced "phased", every convolution left in the program is undilated."""
   case = PHASED[0]
@@ -575,7 +648,8 @@ def test_cpuinfo_and_avx512(monkeypatch):
   text; ``host_has_avx512`` looks for ``avx512f`` among its flags, and knows
   a CPU without a flags line (ARM lists "Features"); ``host_cpu_vendor``
   reads its vendor_id. By default kernel gradients fold without AVX-512 and
-  on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU."""
+  on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU,
+  and go in strips on Intel's AVX-512 CPUs only."""
   two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC"
          "\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n"
          "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f\n")
@@ -584,25 +658,30 @@ def test_cpuinfo_and_avx512(monkeypatch):
   assert _algorithms.cpuinfo_field(two, "microcode") is None
   assert _algorithms.host_has_avx512() in (True, False, None)
   intel, amd = "vendor_id\t: GenuineIntel\n", "vendor_id\t: AuthenticAMD\n"
-  for text, avx512, vendor, fold in (
-      (two, False, "AuthenticAMD", True),
-      (intel + "flags\t\t: fpu avx2\n", False, "GenuineIntel", True),
+  for text, avx512, vendor, fold, strips in (
+      (two, False, "AuthenticAMD", True, False),
+      (intel + "flags\t\t: fpu avx2\n", False, "GenuineIntel", True, False),
       (intel + "flags\t\t: fpu avx512f avx512bw\n", True, "GenuineIntel",
-       True),
+       True, True),
       (amd + "flags\t\t: fpu avx512f avx512bw\n", True, "AuthenticAMD",
+       False, False),
+      ("flags\t\t: fpu avx512f\n", True, None, False, False),
+      (intel + "flags\t\t: fpu avx512fx\n", False, "GenuineIntel", True,
        False),
-      ("flags\t\t: fpu avx512f\n", True, None, False),
-      (intel + "flags\t\t: fpu avx512fx\n", False, "GenuineIntel", True),
-      ("processor\t: 0\nFeatures\t: fp asimd\n", None, None, False),
-      ("", None, None, False)):
+      ("processor\t: 0\nFeatures\t: fp asimd\n", None, None, False, False),
+      ("", None, None, False, False)):
     monkeypatch.setattr(_algorithms, "host_cpuinfo", lambda text=text: text)
     assert _algorithms.host_has_avx512() is avx512, text
     assert _algorithms.host_cpu_vendor() == vendor, text
-    monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", None)
-    assert _algorithms._fold_kernel_gradients() is fold, text
-    for forced in (False, True):
-      monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", forced)
-      assert _algorithms._fold_kernel_gradients() is forced, text
+    for constant, decide, default in (
+        ("FOLD_KERNEL_GRADIENTS", _algorithms._fold_kernel_gradients, fold),
+        ("STRIP_KERNEL_GRADIENTS", _algorithms._strip_kernel_gradients,
+         strips)):
+      monkeypatch.setattr(_algorithms, constant, None)
+      assert decide() is default, (constant, text)
+      for forced in (False, True):
+        monkeypatch.setattr(_algorithms, constant, forced)
+        assert decide() is forced, (constant, text)
 
 
 @pytest.mark.parametrize("fold", [False, True])
@@ -610,8 +689,9 @@ def test_kernel_gradients_fold_where_told(fold, monkeypatch):
   """FOLD_KERNEL_GRADIENTS (by default: on an x86 CPU without AVX-512 or an
   Intel one with it) folds 2-D kernel gradients, which contract the
   samples, whatever their number; the forward pass, the input gradient and
-  the GPU are left as they were."""
+  the GPU are left as they were. (Without strips, which come first.)"""
   monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", fold)
+  monkeypatch.setattr(_algorithms, "STRIP_KERNEL_GRADIENTS", False)
   numbers = ("NHWC", "HWIO", "NHWC")
   for lhs_shape, rhs_shape, stride, forward in (
       ((8, 56, 56, 64), (3, 3, 64, 64), 1, "folded"),
@@ -635,6 +715,46 @@ def test_kernel_gradients_fold_where_told(fold, monkeypatch):
                                                     (3, 3, 16, 16))
   assert jaxconv.choose_algorithm(dw, (8, 8, 8, 16), (8, 8, 8, 16),
                                   (3, 3, 16, 16), "cpu") == "xla"
+
+
+@pytest.mark.parametrize("strips", [False, True])
+def test_kernel_gradients_in_strips_where_told(strips, monkeypatch):
+  """STRIP_KERNEL_GRADIENTS (by default: on an Intel CPU with AVX-512) puts
+  the kernel gradients of channels-last 2-D layers in strips where their
+  patches are at least STRIP_MIN_WIDTH wide, each patch element meets at
+  least STRIP_MIN_REUSE kernel rows x output features and an operand has
+  at least STRIP_MIN_ELEMENTS elements, before chunking or folding them;
+  the RGB stem (3 features x 7 columns), smaller layers, 2-row kernels
+  with 32 output features, NCHW and the GPU are left as they were."""
+  monkeypatch.setattr(_algorithms, "STRIP_KERNEL_GRADIENTS", strips)
+  monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", False)
+  nhwc, nchw = ("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")
+
+  def choice(lhs_shape, rhs_shape, stride=1, layout=nhwc, backend="cpu"):
+    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride,
+                                          "SAME", dimension_numbers=layout)
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
+                                                      rhs_shape)
+    return jaxconv.choose_algorithm(dw, lhs_shape, out, rhs_shape, backend)
+
+  yes = "strips" if strips else None
+  for lhs_shape, rhs_shape, stride, otherwise in (
+      ((8, 56, 56, 64), (3, 3, 64, 64), 1, "xla"),
+      ((32, 56, 56, 64), (3, 3, 64, 64), 1, "chunked"),
+      ((8, 56, 56, 64), (3, 3, 64, 128), 2, "xla"),
+      ((32, 28, 28, 32), (3, 3, 32, 32), 1, "xla")):
+    assert choice(lhs_shape, rhs_shape, stride) == (yes or otherwise)
+    assert choice(lhs_shape, rhs_shape, stride, backend="gpu") == "xla"
+  assert choice((8, 224, 224, 3), (7, 7, 3, 64), 2) == "chunked"
+  assert choice((8, 8, 8, 16), (3, 3, 16, 16)) == "xla"
+  assert choice((32, 16, 16, 32), (3, 3, 32, 32)) == "xla"     # 262 144
+  # A kernel phase of the transposed benchmark layer: 2 rows x 32 features.
+  assert choice((8, 28, 28, 64), (2, 2, 64, 32)) == "xla"
+  assert choice((8, 28, 28, 64), (3, 2, 64, 32)) == (yes or "xla")
+  assert choice((8, 64, 56, 56), (64, 64, 3, 3), layout=nchw) == "xla"
+  monkeypatch.setattr(_algorithms, "STRIP_MIN_WIDTH", 21)
+  assert choice((8, 224, 224, 3), (7, 7, 3, 64), 2) == (yes or "chunked")
 
 
 def test_default_choice_is_a_pure_function_of_geometry():
