@@ -317,7 +317,8 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
 def machine() -> str:
   """The CPU's model name (from /proc/cpuinfo where there is one), its
   architecture and core count, and its vendor and whether it has AVX-512,
-  which the folding policy reads (``FOLD_KERNEL_GRADIENTS``)."""
+  which the policy reads (``FOLD_KERNEL_GRADIENTS``,
+  ``STRIP_KERNEL_GRADIENTS``)."""
   model = _algorithms.cpuinfo_field(_algorithms.host_cpuinfo(), "model name")
   vendor = _algorithms.host_cpu_vendor() or "vendor unknown"
   avx512 = {True: "AVX-512", False: "no AVX-512",

@@ -206,18 +206,19 @@ def host_cpu_vendor() -> str | None:
   return cpuinfo_field(host_cpuinfo(), "vendor_id")
 
 
+def _intel_avx512() -> bool:
+  return host_has_avx512() is True and host_cpu_vendor() == "GenuineIntel"
+
+
 def _fold_kernel_gradients() -> bool:
   if FOLD_KERNEL_GRADIENTS is None:
-    avx512 = host_has_avx512()
-    return avx512 is False or (avx512 is True
-                               and host_cpu_vendor() == "GenuineIntel")
+    return host_has_avx512() is False or _intel_avx512()
   return bool(FOLD_KERNEL_GRADIENTS)
 
 
 def _strip_kernel_gradients() -> bool:
   if STRIP_KERNEL_GRADIENTS is None:
-    return (host_has_avx512() is True
-            and host_cpu_vendor() == "GenuineIntel")
+    return _intel_avx512()
   return bool(STRIP_KERNEL_GRADIENTS)
 
 

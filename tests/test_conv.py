@@ -498,6 +498,7 @@ def test_strips_kernel_gradient(case, elements, plan, count, dtype,
   out_shape = jaxconv.conv_output_shape(geometry, lhs_shape, case.rhs_shape)
   dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
                                                     case.rhs_shape)
+  # The kernel gradient's convolution: input, cotangent -> kernel's shape.
   assert _algorithms.supports("strips", dw, lhs_shape, out_shape,
                               case.rhs_shape)
   assert _algorithms.strip_plan(lhs_shape, out_shape, case.rhs_shape,
