@@ -63,8 +63,9 @@ The direct algorithms slice and contract the arrays in their own layouts
 transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
-and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, of the host CPU's
-vendor and whether it has AVX-512, read once per process); a user can force
+and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``
+and ``STRIP_KERNEL_GRADIENTS``, of the host CPU's vendor and whether it has
+AVX-512, read once per process); a user can force
 an algorithm with the ``algorithm=`` keyword or the ``use_algorithm``
 context manager. A forced algorithm is used for every convolution of the
 rule whose shape it supports (at most ``MAX_UNROLLED`` taps, output
@@ -122,6 +123,13 @@ FOLD_MIN_FEATURES = 64
 # ``host_cpu_vendor``);
 # ``True`` or ``False`` forces it.
 FOLD_KERNEL_GRADIENTS = None
+
+# "folded" in the "taps" form for a layer strided in its first spatial
+# dimension too (the forward pass of a stride-2 layer): ``None`` decides by
+# the host, yes on an Intel CPU with AVX-512, where it measured faster, no
+# elsewhere (on the AMD CPUs, with AVX-512 or without, strided rows were no
+# faster); ``True`` or ``False`` forces it.
+FOLD_STRIDED = None
 
 # "strips" for the kernel gradients of channels-last 2-D layers (eq. 71)
 # with an operand of at least STRIP_MIN_ELEMENTS elements, whose strip
@@ -214,6 +222,12 @@ def _fold_kernel_gradients() -> bool:
   if FOLD_KERNEL_GRADIENTS is None:
     return host_has_avx512() is False or _intel_avx512()
   return bool(FOLD_KERNEL_GRADIENTS)
+
+
+def _fold_strided() -> bool:
+  if FOLD_STRIDED is None:
+    return _intel_avx512()
+  return bool(FOLD_STRIDED)
 
 
 def _strip_kernel_gradients() -> bool:
@@ -346,9 +360,10 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     contracting the samples (a kernel gradient) where
     ``FOLD_KERNEL_GRADIENTS`` says so, an operand or
     output of at least ``FOLD_MIN_ELEMENTS`` elements, no input dilation in
-    the first spatial dimension and, in the "taps" form, stride 1 there:
-    ``"folded"``, convolutions of one dimension fewer, themselves chosen by
-    this policy (so a chunk is folded, and a 3-D one folds into 2-D
+    the first spatial dimension and, in the "taps" form, stride 1 there
+    unless ``FOLD_STRIDED`` says so (by default on an Intel CPU with
+    AVX-512): ``"folded"``, convolutions of one dimension fewer, themselves
+    chosen by this policy (so a chunk is folded, and a 3-D one folds into 2-D
     convolutions that fold again where they contract enough features).
     On an AMD CPU with AVX-512, XLA's kernel measured 1.4-4.1x faster on
     the planes of a 3-D convolution than on the whole, and 1.25-1.6x faster
@@ -366,7 +381,10 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     (``FOLD_KERNEL_GRADIENTS``, decided by ``host_has_avx512`` and
     ``host_cpu_vendor``).
     With input dilation in the first dimension (a strided layer's input
-    gradient) rows measured 2-4x slower, strided ones no faster;
+    gradient) rows measured 2-4x slower. Strided rows (the forward pass of
+    a stride-2 layer) were no faster on the AMD CPUs; on the Intel one the
+    3x3 stride-2 64->128 layer's forward pass took 0.54-0.90 of XLA's time
+    alone at batch 8 and its whole step 0.82-0.93 at batches 8 and 32;
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
@@ -440,7 +458,7 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
                and _fold_kernel_gradients()))
       and geometry.lhs_dilation[0] == 1
       and (_fold_form(geometry) == "positions"
-           or geometry.window_strides[0] == 1)
+           or geometry.window_strides[0] == 1 or _fold_strided())
       and supports("folded", geometry, lhs_shape, rhs_shape, out_shape)):
     return "folded"
   return "xla"

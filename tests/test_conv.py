@@ -608,7 +608,7 @@ def test_chunks_shrink_for_large_samples(fold_kernel_gradients, monkeypatch):
   """The RGB stem at batch 8: its gradients hold 0.8 M elements per sample of
   the cotangent, so the policy chunks them 2 samples at a time
   (CHUNK_ELEMENTS), while the forward pass (output 5x its input) stays
-  whole (and, strided, unfolded). Lowered only, never run."""
+  whole (and, with 3 input features, unfolded). Lowered only, never run."""
   monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS",
                       fold_kernel_gradients)
   lhs = jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.float32)
@@ -649,8 +649,9 @@ def test_cpuinfo_and_avx512(monkeypatch):
   text; ``host_has_avx512`` looks for ``avx512f`` among its flags, and knows
   a CPU without a flags line (ARM lists "Features"); ``host_cpu_vendor``
   reads its vendor_id. By default kernel gradients fold without AVX-512 and
-  on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU,
-  and go in strips on Intel's AVX-512 CPUs only."""
+  on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU;
+  they go in strips, and strided layers fold, on Intel's AVX-512 CPUs
+  only."""
   two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC"
          "\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n"
          "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f\n")
@@ -677,7 +678,8 @@ def test_cpuinfo_and_avx512(monkeypatch):
     for constant, decide, default in (
         ("FOLD_KERNEL_GRADIENTS", _algorithms._fold_kernel_gradients, fold),
         ("STRIP_KERNEL_GRADIENTS", _algorithms._strip_kernel_gradients,
-         strips)):
+         strips),
+        ("FOLD_STRIDED", _algorithms._fold_strided, strips)):
       monkeypatch.setattr(_algorithms, constant, None)
       assert decide() is default, (constant, text)
       for forced in (False, True):
@@ -693,6 +695,7 @@ def test_kernel_gradients_fold_where_told(fold, monkeypatch):
   the GPU are left as they were. (Without strips, which come first.)"""
   monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", fold)
   monkeypatch.setattr(_algorithms, "STRIP_KERNEL_GRADIENTS", False)
+  monkeypatch.setattr(_algorithms, "FOLD_STRIDED", False)
   numbers = ("NHWC", "HWIO", "NHWC")
   for lhs_shape, rhs_shape, stride, forward in (
       ((8, 56, 56, 64), (3, 3, 64, 64), 1, "folded"),
@@ -716,6 +719,55 @@ def test_kernel_gradients_fold_where_told(fold, monkeypatch):
                                                     (3, 3, 16, 16))
   assert jaxconv.choose_algorithm(dw, (8, 8, 8, 16), (8, 8, 8, 16),
                                   (3, 3, 16, 16), "cpu") == "xla"
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_strided_layers_fold_where_told(strided, monkeypatch):
+  """FOLD_STRIDED (by default: on an Intel CPU with AVX-512) folds the
+  forward pass of a layer strided in its first spatial dimension, in the
+  "taps" form, where it would fold unstrided: 64 contracted features and
+  FOLD_MIN_ELEMENTS. The RGB stem (3 features), the input gradient (input
+  dilation), NCHW's "positions" form (folded whatever the stride) and the
+  GPU are left as they were; the strided forward folds when lowered, one
+  1-D convolution per kernel row, each reading a strided row slice."""
+  monkeypatch.setattr(_algorithms, "FOLD_STRIDED", strided)
+  nhwc, nchw = ("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")
+
+  def geometry_of(lhs_shape, rhs_shape, stride, layout=nhwc):
+    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride,
+                                          "SAME", dimension_numbers=layout)
+    return geometry, jaxconv.conv_output_shape(geometry, lhs_shape,
+                                               rhs_shape)
+
+  yes = "folded" if strided else "xla"
+  for lhs_shape, rhs_shape, stride, expected in (
+      ((8, 56, 56, 64), (3, 3, 64, 128), 2, yes),
+      ((8, 56, 56, 64), (3, 3, 64, 128), (2, 1), yes),
+      ((8, 56, 56, 64), (3, 3, 64, 128), (1, 2), "folded"),
+      ((8, 224, 224, 3), (7, 7, 3, 64), 2, "xla"),
+      ((8, 16, 16, 64), (3, 3, 64, 64), 2, "xla")):   # 131 072 elements
+    geometry, out = geometry_of(lhs_shape, rhs_shape, stride)
+    assert jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
+                                    "cpu") == expected, (lhs_shape, stride)
+    assert jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
+                                    "gpu") == "xla"
+  geometry, out = geometry_of((8, 64, 56, 56), (128, 64, 3, 3), 2, nchw)
+  assert jaxconv.choose_algorithm(geometry, (8, 64, 56, 56), (128, 64, 3, 3),
+                                  out, "cpu") == "folded"
+  # The input gradient is dilated in its first dimension: never folded.
+  geometry, out = geometry_of((8, 56, 56, 64), (3, 3, 64, 128), 2)
+  dx = jaxconv.convolution.input_gradient_geometry(geometry, (8, 56, 56, 64),
+                                                   (3, 3, 64, 128))
+  assert dx.lhs_dilation[0] == 2
+  assert jaxconv.choose_algorithm(dx, out, (3, 3, 64, 128), (8, 56, 56, 64),
+                                  "cpu") == "xla"
+  lhs = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
+  rhs = jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.float32)
+  program = jax.jit(functools.partial(jaxconv.conv, stride=2,
+                                      padding="SAME")).lower(lhs, rhs)
+  operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
+                        program.as_text())
+  assert operands == (["224"] * 3 if strided else ["8"]), operands
 
 
 @pytest.mark.parametrize("strips", [False, True])
@@ -758,7 +810,7 @@ def test_kernel_gradients_in_strips_where_told(strips, monkeypatch):
   assert choice((8, 224, 224, 3), (7, 7, 3, 64), 2) == (yes or "chunked")
 
 
-def test_default_choice_is_a_pure_function_of_geometry():
+def test_default_choice_is_a_pure_function_of_geometry(monkeypatch):
   def choice(lhs_shape, rhs_shape, backend, padding="SAME", stride=1, **kw):
     geometry = jaxconv.make_conv_geometry(
         lhs_shape, rhs_shape, stride, padding,
@@ -793,11 +845,15 @@ def test_default_choice_is_a_pure_function_of_geometry():
   assert choice((32, 28, 28, 64), (3, 3, 64, 64), "cpu") == "folded"
   # ... and so do forward passes whose output is more than twice their input
   # (the chunks' outputs are concatenated), which fold instead at stride 1
-  # given enough features, but not strided (a strided first dimension
-  # folded measured no faster).
+  # given enough features, but strided only with FOLD_STRIDED (a strided
+  # first dimension folded measured no faster on AMD's CPUs; see
+  # test_strided_layers_fold_where_told).
   assert choice((32, 224, 224, 64), (7, 7, 64, 256), "cpu") == "folded"
-  assert choice((32, 224, 224, 64), (7, 7, 64, 1024), "cpu",
-                stride=2) == "xla"
+  for strided in (False, True):
+    monkeypatch.setattr(_algorithms, "FOLD_STRIDED", strided)
+    assert choice((32, 224, 224, 64), (7, 7, 64, 1024), "cpu",
+                  stride=2) == ("folded" if strided else "xla")
+  monkeypatch.setattr(_algorithms, "FOLD_STRIDED", None)
   assert choice((32, 224, 224, 3), (7, 7, 3, 64), "cpu") == "xla"
   assert choice((32, 56, 56, 64), (3, 3, 32, 64), "cpu",
                 feature_group_count=2) == "split_groups"
