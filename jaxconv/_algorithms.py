@@ -52,6 +52,11 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     features, the results stacked), each evaluated by the algorithm chosen
     for it. The merges are free reshapes, so each form needs its layout
     (``_fold_form``).
+``"stacked"``
+    The "taps" form of ``"folded"`` (stride 1 in the first dimension) as a
+    single convolution of one dimension fewer (eq. 72): the kernel's rows
+    stacked on its output features, the input's rows merged with the
+    batch, each output row the sum of ``K_0`` rows of the result.
 ``"strips"``
     A kernel gradient of a channels-last 2-D layer (eq. 71) as a loop over
     strips of the delta's rows: in each strip the input's column shifts
@@ -63,21 +68,23 @@ The direct algorithms slice and contract the arrays in their own layouts
 transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
-and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``
-and ``STRIP_KERNEL_GRADIENTS``, of the host CPU's vendor and whether it has
-AVX-512, read once per process); a user can force
+and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
+``STACK_TAPS`` and ``STRIP_KERNEL_GRADIENTS``, of the host CPU's vendor and
+whether it has AVX-512, read once per process); a user can force
 an algorithm with the ``algorithm=`` keyword or the ``use_algorithm``
 context manager. A forced algorithm is used for every convolution of the
 rule whose shape it supports (at most ``MAX_UNROLLED`` taps, output
 positions, phases or groups; ``"phased"`` needs input dilation,
 ``"split_groups"`` groups, ``"chunked"`` more than one chunk of samples,
 ``"folded"`` two spatial dimensions and a layout it can merge,
+``"stacked"`` that and stride 1 without groups or input dilation in the
+first dimension,
 ``"strips"`` a channels-last 2-D kernel gradient), and XLA's kernel for the
 rest. Inside ``"phased"``,
 ``"split_groups"`` and ``"chunked"`` a forced choice therefore leaves the
 undilated phases, the dense groups and the chunks to XLA; a forced
-``"folded"`` folds its own convolutions again, down to one spatial
-dimension.
+``"folded"`` (or ``"stacked"``) folds its own convolutions again, down to
+one spatial dimension.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ import jax.numpy as jnp
 from jax import lax
 
 ALGORITHMS = ("auto", "xla", "shifted", "window_dot", "phased",
-              "split_groups", "chunked", "folded", "strips")
+              "split_groups", "chunked", "folded", "stacked", "strips")
 
 # Largest number of terms (kernel taps for "shifted", output positions for
 # "window_dot", phases for "phased", groups for "split_groups", chunks for
@@ -130,6 +137,13 @@ FOLD_KERNEL_GRADIENTS = None
 # elsewhere (on the AMD CPUs, with AVX-512 or without, strided rows were no
 # faster); ``True`` or ``False`` forces it.
 FOLD_STRIDED = None
+
+# "stacked" in place of "folded" where the fold is in the "taps" form with
+# stride 1 (eq. 72: one convolution with the kernel's rows stacked on its
+# output features instead of one per kernel row): ``None`` decides by the
+# host, yes on an Intel CPU with AVX-512, where it measured faster, no
+# elsewhere (not measured); ``True`` or ``False`` forces it.
+STACK_TAPS = None
 
 # "strips" for the kernel gradients of channels-last 2-D layers (eq. 71)
 # with an operand of at least STRIP_MIN_ELEMENTS elements, whose strip
@@ -230,6 +244,12 @@ def _fold_strided() -> bool:
   return bool(FOLD_STRIDED)
 
 
+def _stack_taps() -> bool:
+  if STACK_TAPS is None:
+    return _intel_avx512()
+  return bool(STACK_TAPS)
+
+
 def _strip_kernel_gradients() -> bool:
   if STRIP_KERNEL_GRADIENTS is None:
     return _intel_avx512()
@@ -270,6 +290,12 @@ def supports(name: str, geometry, lhs_shape, rhs_shape, out_shape) -> bool:
     rows = (_spatial(rhs_shape, rhs_spec)[0] if form == "taps"
             else _spatial(out_shape, out_spec)[0])
     return rows <= MAX_UNROLLED
+  if name == "stacked":
+    return (_fold_form(geometry) == "taps"
+            and geometry.window_strides[0] == 1
+            and geometry.lhs_dilation[0] == 1
+            and geometry.feature_group_count == 1
+            and _spatial(rhs_shape, rhs_spec)[0] <= MAX_UNROLLED)
   if name == "strips":
     return (lhs_spec == _STRIP_SPEC and rhs_spec == _STRIP_SPEC
             and geometry.feature_group_count == 1
@@ -384,7 +410,13 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     gradient) rows measured 2-4x slower. Strided rows (the forward pass of
     a stride-2 layer) were no faster on the AMD CPUs; on the Intel one the
     3x3 stride-2 64->128 layer's forward pass took 0.54-0.90 of XLA's time
-    alone at batch 8 and its whole step 0.82-0.93 at batches 8 and 32;
+    alone at batch 8 and its whole step 0.82-0.93 at batches 8 and 32.
+    Where such a 2-D fold is in the "taps" form with stride 1 and
+    ``STACK_TAPS`` says so (by default on an Intel CPU with AVX-512):
+    ``"stacked"``, the same sum as one convolution (eq. 72), which there
+    took 0.72-0.89 of the folded time alone on the 3x3 64->64 layers and
+    0.44-0.71 on the dilated ones, their steps 0.81-0.94 (the 3-D layer's
+    planes even, 1.00-1.06, so they stay folded);
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
@@ -396,7 +428,8 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
 
   Returns:
     ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"``,
-    ``"split_groups"``, ``"chunked"``, ``"folded"`` or ``"strips"``.
+    ``"split_groups"``, ``"chunked"``, ``"folded"``, ``"stacked"`` or
+    ``"strips"``.
   """
   forced = geometry.algorithm
   if forced != "auto":
@@ -460,6 +493,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
       and (_fold_form(geometry) == "positions"
            or geometry.window_strides[0] == 1 or _fold_strided())
       and supports("folded", geometry, lhs_shape, rhs_shape, out_shape)):
+    if (len(geometry.padding) == 2 and _stack_taps()
+        and supports("stacked", geometry, lhs_shape, rhs_shape, out_shape)):
+      return "stacked"
     return "folded"
   return "xla"
 
@@ -1022,6 +1058,19 @@ def _without_first_spatial(spec):
   return tuple(a - (a > gone) for i, a in enumerate(spec) if i != 2)
 
 
+def _without_first_dimension(geometry):
+  """The geometry of the convolutions ``folded`` and ``stacked`` make: the
+  first spatial dimension's stride, padding and dilations dropped."""
+  return geometry._replace(
+      window_strides=geometry.window_strides[1:],
+      padding=geometry.padding[1:],
+      lhs_dilation=geometry.lhs_dilation[1:],
+      rhs_dilation=geometry.rhs_dilation[1:],
+      dimension_numbers=lax.ConvDimensionNumbers(
+          *(_without_first_spatial(spec)
+            for spec in geometry.dimension_numbers)))
+
+
 def folded(lhs, rhs, geometry, out_shape):
   """The first spatial dimension unrolled: ``K_0`` (taps) or ``M_0``
   (positions) convolutions of one spatial dimension fewer."""
@@ -1034,14 +1083,7 @@ def folded(lhs, rhs, geometry, out_shape):
   s, d = geometry.window_strides[0], geometry.rhs_dilation[0]
   taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
-  sub = geometry._replace(
-      window_strides=geometry.window_strides[1:],
-      padding=geometry.padding[1:],
-      lhs_dilation=geometry.lhs_dilation[1:],
-      rhs_dilation=geometry.rhs_dilation[1:],
-      dimension_numbers=lax.ConvDimensionNumbers(
-          *(_without_first_spatial(spec) for spec in (lhs_spec, rhs_spec,
-                                                      out_spec))))
+  sub = _without_first_dimension(geometry)
   if form == "taps":
     # One term per kernel row k_0, the output rows merged with the batch;
     # summed in float32 for 16-bit inputs.
@@ -1068,6 +1110,61 @@ def folded(lhs, rhs, geometry, out_shape):
                              axis=lhs_spec[2])
     terms.append(evaluate(_merge(patch, lhs_spec[1]), kernel, sub, sub_out))
   return jnp.stack(terms, axis=out_spec[2])
+
+
+# The "taps" fold in one convolution: docs/derivation.md eq. (72).
+#
+# With stride 1 in the first spatial dimension, the K_0 terms of eq. (70)
+# read the input rows j = i_0 + d_0 k_0 - lo. Instead of slicing (copying)
+# the input once per kernel row, every input row meets every kernel row in
+# one convolution of one dimension fewer,
+#
+#   T[(n, j), ..., (k_0, o)] = sum_c sum_k' w[k_0, k', c, o] x[n, j, ..., c]
+#
+# (the input's rows merged with its batch, the kernel's rows with its output
+# features, both free reshapes after one transposition of the small
+# kernel), and output row i_0 is the sum over k_0 of T's row i_0 + d_0 k_0
+# - lo in block k_0, the rows outside the input (the padding) being zero:
+# a pad and slice per term that XLA fuses into the sum. T holds K_0 times
+# the output; the input is read once.
+def stacked(lhs, rhs, geometry, out_shape):
+  """The "taps" fold as one convolution (eq. 72): the kernel's rows stacked
+  on its output features, the input's rows merged with the batch, and each
+  output row summed from ``K_0`` rows of the result."""
+  lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
+  taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
+  height, features = lhs.shape[lhs_spec[2]], rhs.shape[rhs_spec[0]]
+  d = geometry.rhs_dilation[0]
+  accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
+  sub = _without_first_dimension(geometry)._replace(
+      preferred_element_type=accumulate or geometry.preferred_element_type)
+  # The kernel's first spatial axis moved right before its output features
+  # and merged with them, k_0 major: w'[..., (k_0, o)] = w[k_0, ..., o].
+  order = [a for a in range(rhs.ndim) if a != rhs_spec[2]]
+  major = order.index(rhs_spec[0])
+  order.insert(major, rhs_spec[2])
+  kernel = _merge(jnp.transpose(rhs, order), major)
+  sub_out = list(out_shape)
+  sub_out[out_spec[0]] *= height
+  sub_out[out_spec[1]] *= taps
+  del sub_out[out_spec[2]]
+  # T[n, j, ..., (k_0, o)]: every input row j against every kernel row.
+  whole = evaluate(_merge(lhs, lhs_spec[0]), kernel, sub, sub_out)
+  full = list(out_shape)
+  full[out_spec[2]], full[out_spec[1]] = height, taps * features
+  whole = whole.reshape(full)
+  # y[n, i] = sum_k T[n, i + d k - lo, k]: rows outside the input (the
+  # padding) are zero, a pad that XLA fuses into the sum.
+  pads = [(0, 0, 0)] * len(full)
+  pads[out_spec[2]] = geometry.padding[0] + (0,)
+  total = None
+  for k in range(taps):
+    term = lax.slice_in_dim(whole, k * features, (k + 1) * features,
+                            axis=out_spec[1])
+    term = lax.slice_in_dim(lax.pad(term, jnp.zeros((), term.dtype), pads),
+                            d * k, d * k + rows, axis=out_spec[2])
+    total = term if total is None else total + term
+  return total.astype(geometry.preferred_element_type or lhs.dtype)
 
 
 # The kernel gradient in strips of rows: docs/derivation.md eq. (71).
@@ -1193,7 +1290,8 @@ def xla(lhs, rhs, geometry, out_shape):
 
 IMPLEMENTATIONS = {"xla": xla, "shifted": shifted, "window_dot": window_dot,
                    "phased": phased, "split_groups": split_groups,
-                   "chunked": chunked, "folded": folded, "strips": strips}
+                   "chunked": chunked, "folded": folded, "stacked": stacked,
+                   "strips": strips}
 
 
 def evaluate(lhs, rhs, geometry, out_shape: Sequence[int]):

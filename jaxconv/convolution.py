@@ -501,8 +501,8 @@ def make_conv_geometry(
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
       default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
-      ``"phased"``, ``"split_groups"``, ``"chunked"``, ``"folded"`` or
-      ``"strips"``.
+      ``"phased"``, ``"split_groups"``, ``"chunked"``, ``"folded"``,
+      ``"stacked"`` or ``"strips"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -650,8 +650,8 @@ def conv_general_dilated(
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
       ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"``,
-      ``"split_groups"``, ``"chunked"``, ``"folded"`` or ``"strips"`` (see
-      ``docs/performance.md``).
+      ``"split_groups"``, ``"chunked"``, ``"folded"``, ``"stacked"`` or
+      ``"strips"`` (see ``docs/performance.md``).
       The results are the same up to rounding.
 
   Returns:

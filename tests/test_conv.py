@@ -601,6 +601,68 @@ def test_folded_leaves_one_spatial_dimension(case):
   assert program.count("stablehlo.convolution") == 3 * taps
 
 
+STACKED = [
+    Case((2, 7, 6, 5), (3, 2, 5, 4), dict(
+        window_strides=(1, 2), padding=((2, -1), (1, 0)), rhs_dilation=(2, 1),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+    Case((3, 6, 5, 4), (4, 4, 3, 3), dict(
+        window_strides=(1, 1), padding=((1, 2), (1, 1)),
+        dimension_numbers=("NHWC", "OIHW", "NHWC"))),
+    Case((2, 5, 4, 6, 3), (2, 3, 2, 3, 4), dict(
+        window_strides=(1, 1, 2), padding="SAME", rhs_dilation=(1, 1, 2),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("case", STACKED, ids=["dilated-cropped", "oihw",
+                                               "3d"])
+def test_stacked_kernel_rows_in_one_convolution(case, dtype):
+  """Forced "stacked" (eq. 72): the forward pass is one convolution of one
+  dimension fewer (a 3-D one is stacked twice), whose kernel holds the
+  kernel's rows side by side on its output features; forward and both
+  gradients equal lax's, with kernel dilation, cropping padding, another
+  kernel layout and a stride in the other dimensions."""
+  lhs, rhs = case.arrays(jnp.float32)
+  geometry = jaxconv.make_conv_geometry(lhs.shape, rhs.shape, **case.kwargs)
+  out = jaxconv.conv_output_shape(geometry, lhs.shape, rhs.shape)
+  assert _algorithms.supports("stacked", geometry, lhs.shape, rhs.shape, out)
+  f = functools.partial(jaxconv.conv_general_dilated, algorithm="stacked",
+                        **case.kwargs)
+  program = jax.jit(f).lower(lhs, rhs).as_text()
+  assert program.count("stablehlo.convolution") == 1, program
+  spec = geometry.dimension_numbers.rhs_spec
+  stacked_features = rhs.shape[spec[0]] * rhs.shape[spec[2]]
+  if lhs.ndim == 5:
+    stacked_features *= rhs.shape[spec[3]]
+  kernel = re.search(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<[^>]*>, "
+                     r"tensor<([0-9x]*)x", program).group(1)
+  assert str(stacked_features) in kernel.split("x"), kernel
+  with jaxconv.use_algorithm("stacked"):
+    compare_with_lax(case, dtype)
+
+
+def test_stacked_only_where_supported():
+  """Stride 1, no input dilation, no feature groups in the first spatial
+  dimension, and the "taps" layouts of "folded"."""
+  def supported(lhs_shape, rhs_shape, layout=("NHWC", "HWIO", "NHWC"),
+                window_strides=1, padding="SAME", **kwargs):
+    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape,
+                                          window_strides, padding,
+                                          dimension_numbers=layout, **kwargs)
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    return _algorithms.supports("stacked", geometry, lhs_shape, rhs_shape,
+                                out)
+  assert supported((2, 6, 6, 4), (3, 3, 4, 4))
+  assert supported((2, 6, 6, 4), (3, 3, 4, 4), window_strides=(1, 2))
+  assert not supported((2, 6, 6, 4), (3, 3, 4, 4), window_strides=(2, 1))
+  assert not supported((2, 6, 6, 4), (3, 3, 4, 4), padding=((1, 1), (1, 1)),
+                       lhs_dilation=(2, 1))
+  assert not supported((2, 6, 6, 4), (3, 3, 2, 4), feature_group_count=2)
+  assert not supported((2, 4, 6, 6), (4, 4, 3, 3), ("NCHW", "OIHW", "NCHW"))
+  assert not supported((2, 6, 4), (3, 4, 4), ("NWC", "WIO", "NWC"))
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu",
                     reason="the chunking policy is the CPU's")
 @pytest.mark.parametrize("fold_kernel_gradients", [False, True])
@@ -650,8 +712,8 @@ def test_cpuinfo_and_avx512(monkeypatch):
   a CPU without a flags line (ARM lists "Features"); ``host_cpu_vendor``
   reads its vendor_id. By default kernel gradients fold without AVX-512 and
   on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU;
-  they go in strips, and strided layers fold, on Intel's AVX-512 CPUs
-  only."""
+  they go in strips, strided layers fold and folded kernel rows are
+  stacked on Intel's AVX-512 CPUs only."""
   two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC"
          "\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n"
          "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f\n")
@@ -679,7 +741,8 @@ def test_cpuinfo_and_avx512(monkeypatch):
         ("FOLD_KERNEL_GRADIENTS", _algorithms._fold_kernel_gradients, fold),
         ("STRIP_KERNEL_GRADIENTS", _algorithms._strip_kernel_gradients,
          strips),
-        ("FOLD_STRIDED", _algorithms._fold_strided, strips)):
+        ("FOLD_STRIDED", _algorithms._fold_strided, strips),
+        ("STACK_TAPS", _algorithms._stack_taps, strips)):
       monkeypatch.setattr(_algorithms, constant, None)
       assert decide() is default, (constant, text)
       for forced in (False, True):
@@ -696,6 +759,7 @@ def test_kernel_gradients_fold_where_told(fold, monkeypatch):
   monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", fold)
   monkeypatch.setattr(_algorithms, "STRIP_KERNEL_GRADIENTS", False)
   monkeypatch.setattr(_algorithms, "FOLD_STRIDED", False)
+  monkeypatch.setattr(_algorithms, "STACK_TAPS", False)
   numbers = ("NHWC", "HWIO", "NHWC")
   for lhs_shape, rhs_shape, stride, forward in (
       ((8, 56, 56, 64), (3, 3, 64, 64), 1, "folded"),
@@ -731,6 +795,7 @@ def test_strided_layers_fold_where_told(strided, monkeypatch):
   GPU are left as they were; the strided forward folds when lowered, one
   1-D convolution per kernel row, each reading a strided row slice."""
   monkeypatch.setattr(_algorithms, "FOLD_STRIDED", strided)
+  monkeypatch.setattr(_algorithms, "STACK_TAPS", False)
   nhwc, nchw = ("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")
 
   def geometry_of(lhs_shape, rhs_shape, stride, layout=nhwc):
@@ -768,6 +833,37 @@ def test_strided_layers_fold_where_told(strided, monkeypatch):
   operands = re.findall(r"stablehlo.convolution\(%[^)]*\).*?: \(tensor<(\d+)x",
                         program.as_text())
   assert operands == (["224"] * 3 if strided else ["8"]), operands
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_taps_stacked_where_told(stack, monkeypatch):
+  """STACK_TAPS (by default: on an Intel CPU with AVX-512) puts "stacked" in
+  place of a 2-D fold in the "taps" form with stride 1 (the forward pass
+  and the input gradient of a 3x3 stride-1 layer); a strided fold, a 3-D
+  one, NCHW's "positions" form and the GPU are left as they were."""
+  monkeypatch.setattr(_algorithms, "STACK_TAPS", stack)
+  monkeypatch.setattr(_algorithms, "FOLD_STRIDED", True)
+  nhwc = ("NHWC", "HWIO", "NHWC")
+
+  def choices(lhs_shape, rhs_shape, stride=1, layout=nhwc, backend="cpu"):
+    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride,
+                                          "SAME", dimension_numbers=layout)
+    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+    dx = jaxconv.convolution.input_gradient_geometry(geometry, lhs_shape,
+                                                     rhs_shape)
+    return (jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
+                                     backend),
+            jaxconv.choose_algorithm(dx, out, rhs_shape, lhs_shape, backend))
+
+  yes = "stacked" if stack else "folded"
+  assert choices((8, 56, 56, 64), (3, 3, 64, 64)) == (yes, yes)
+  assert choices((8, 56, 56, 64), (3, 3, 64, 64), backend="gpu") == (
+      "xla", "xla")
+  assert choices((8, 56, 56, 64), (3, 3, 64, 128), 2) == ("folded", "xla")
+  assert choices((8, 16, 16, 16, 16), (3, 3, 3, 16, 32),
+                 layout=("NDHWC", "DHWIO", "NDHWC")) == ("folded", "folded")
+  assert choices((8, 64, 56, 56), (64, 64, 3, 3),
+                 layout=("NCHW", "OIHW", "NCHW"))[0] == "folded"
 
 
 @pytest.mark.parametrize("strips", [False, True])
@@ -811,6 +907,9 @@ def test_kernel_gradients_in_strips_where_told(strips, monkeypatch):
 
 
 def test_default_choice_is_a_pure_function_of_geometry(monkeypatch):
+  # "folded" below; where STACK_TAPS puts "stacked" in its place, see
+  # test_taps_stacked_where_told.
+  monkeypatch.setattr(_algorithms, "STACK_TAPS", False)
   def choice(lhs_shape, rhs_shape, backend, padding="SAME", stride=1, **kw):
     geometry = jaxconv.make_conv_geometry(
         lhs_shape, rhs_shape, stride, padding,
