@@ -222,7 +222,8 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
   """Each variant is traced under its algorithm and constants, which are
   restored afterwards: forced "folded" leaves 1-D convolutions, one per
   kernel row; the default policy keeps this small layer whole until its
-  folding thresholds are lowered."""
+  folding thresholds are lowered (and, with STACK_TAPS off, folds it one
+  kernel row at a time)."""
   bench = _experiment_module("benchmark_algorithms")
   assert bench.parse_variant("auto:FOLD_MIN_ELEMENTS=inf,CHUNK_SAMPLES=2") == (
       "auto", {"FOLD_MIN_ELEMENTS": float("inf"), "CHUNK_SAMPLES": 2})
@@ -237,7 +238,8 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
                if layer.spatial == (16, 16))
   for variant, count, rank in (("xla", 1, 4), ("folded", 3, 3),
                                ("auto", 1, 4),
-                               ("auto:FOLD_MIN_ELEMENTS=0,FOLD_MIN_FEATURES=0", 3, 3)):
+                               ("auto:FOLD_MIN_ELEMENTS=0,"
+                                "FOLD_MIN_FEATURES=0,STACK_TAPS=0", 3, 3)):
     compiled = bench.pass_programs(layer, 2, *bench.parse_variant(variant))
     for name, (f, _) in compiled.items():
       shapes = re.findall(r"= \w+\[([\d,]*)\]\S* convolution\(", f.as_text())
