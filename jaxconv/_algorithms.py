@@ -171,7 +171,7 @@ def use_algorithm(name: str):
   Args:
     name: one of ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
       ``"phased"``, ``"split_groups"``, ``"chunked"``, ``"folded"``,
-      ``"strips"``.
+      ``"stacked"``, ``"strips"``.
 
   Returns:
     A context manager.

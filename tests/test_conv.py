@@ -785,6 +785,23 @@ def test_kernel_gradients_fold_where_told(fold, monkeypatch):
                                   (3, 3, 16, 16), "cpu") == "xla"
 
 
+def _default_choices(lhs_shape, rhs_shape, stride=1,
+                     layout=("NHWC", "HWIO", "NHWC"), backend="cpu"):
+  """The policy's choices for a "SAME"-padded layer's three convolutions:
+  (forward, input gradient, kernel gradient)."""
+  geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride, "SAME",
+                                        dimension_numbers=layout)
+  out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+  dx = jaxconv.convolution.input_gradient_geometry(geometry, lhs_shape,
+                                                   rhs_shape)
+  dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
+                                                    rhs_shape)
+  return (jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
+                                   backend),
+          jaxconv.choose_algorithm(dx, out, rhs_shape, lhs_shape, backend),
+          jaxconv.choose_algorithm(dw, lhs_shape, out, rhs_shape, backend))
+
+
 @pytest.mark.parametrize("strided", [False, True])
 def test_strided_layers_fold_where_told(strided, monkeypatch):
   """FOLD_STRIDED (by default: on an Intel CPU with AVX-512) folds the
@@ -796,14 +813,6 @@ def test_strided_layers_fold_where_told(strided, monkeypatch):
   1-D convolution per kernel row, each reading a strided row slice."""
   monkeypatch.setattr(_algorithms, "FOLD_STRIDED", strided)
   monkeypatch.setattr(_algorithms, "STACK_TAPS", False)
-  nhwc, nchw = ("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")
-
-  def geometry_of(lhs_shape, rhs_shape, stride, layout=nhwc):
-    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride,
-                                          "SAME", dimension_numbers=layout)
-    return geometry, jaxconv.conv_output_shape(geometry, lhs_shape,
-                                               rhs_shape)
-
   yes = "folded" if strided else "xla"
   for lhs_shape, rhs_shape, stride, expected in (
       ((8, 56, 56, 64), (3, 3, 64, 128), 2, yes),
@@ -811,21 +820,21 @@ def test_strided_layers_fold_where_told(strided, monkeypatch):
       ((8, 56, 56, 64), (3, 3, 64, 128), (1, 2), "folded"),
       ((8, 224, 224, 3), (7, 7, 3, 64), 2, "xla"),
       ((8, 16, 16, 64), (3, 3, 64, 64), 2, "xla")):   # 131 072 elements
-    geometry, out = geometry_of(lhs_shape, rhs_shape, stride)
-    assert jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
-                                    "cpu") == expected, (lhs_shape, stride)
-    assert jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
-                                    "gpu") == "xla"
-  geometry, out = geometry_of((8, 64, 56, 56), (128, 64, 3, 3), 2, nchw)
-  assert jaxconv.choose_algorithm(geometry, (8, 64, 56, 56), (128, 64, 3, 3),
-                                  out, "cpu") == "folded"
+    assert _default_choices(lhs_shape, rhs_shape, stride)[0] == expected, (
+        lhs_shape, stride)
+    assert _default_choices(lhs_shape, rhs_shape, stride,
+                            backend="gpu")[0] == "xla"
+  assert _default_choices((8, 64, 56, 56), (128, 64, 3, 3), 2,
+                          ("NCHW", "OIHW", "NCHW"))[0] == "folded"
   # The input gradient is dilated in its first dimension: never folded.
-  geometry, out = geometry_of((8, 56, 56, 64), (3, 3, 64, 128), 2)
+  geometry = jaxconv.make_conv_geometry((8, 56, 56, 64), (3, 3, 64, 128), 2,
+                                        "SAME", dimension_numbers=("NHWC",
+                                                                   "HWIO",
+                                                                   "NHWC"))
   dx = jaxconv.convolution.input_gradient_geometry(geometry, (8, 56, 56, 64),
                                                    (3, 3, 64, 128))
   assert dx.lhs_dilation[0] == 2
-  assert jaxconv.choose_algorithm(dx, out, (3, 3, 64, 128), (8, 56, 56, 64),
-                                  "cpu") == "xla"
+  assert _default_choices((8, 56, 56, 64), (3, 3, 64, 128), 2)[1] == "xla"
   lhs = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
   rhs = jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.float32)
   program = jax.jit(functools.partial(jaxconv.conv, stride=2,
@@ -843,17 +852,9 @@ def test_taps_stacked_where_told(stack, monkeypatch):
   one, NCHW's "positions" form and the GPU are left as they were."""
   monkeypatch.setattr(_algorithms, "STACK_TAPS", stack)
   monkeypatch.setattr(_algorithms, "FOLD_STRIDED", True)
-  nhwc = ("NHWC", "HWIO", "NHWC")
 
-  def choices(lhs_shape, rhs_shape, stride=1, layout=nhwc, backend="cpu"):
-    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride,
-                                          "SAME", dimension_numbers=layout)
-    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
-    dx = jaxconv.convolution.input_gradient_geometry(geometry, lhs_shape,
-                                                     rhs_shape)
-    return (jaxconv.choose_algorithm(geometry, lhs_shape, rhs_shape, out,
-                                     backend),
-            jaxconv.choose_algorithm(dx, out, rhs_shape, lhs_shape, backend))
+  def choices(*args, **kwargs):
+    return _default_choices(*args, **kwargs)[:2]
 
   yes = "stacked" if stack else "folded"
   assert choices((8, 56, 56, 64), (3, 3, 64, 64)) == (yes, yes)
@@ -877,15 +878,10 @@ def test_kernel_gradients_in_strips_where_told(strips, monkeypatch):
   with 32 output features, NCHW and the GPU are left as they were."""
   monkeypatch.setattr(_algorithms, "STRIP_KERNEL_GRADIENTS", strips)
   monkeypatch.setattr(_algorithms, "FOLD_KERNEL_GRADIENTS", False)
-  nhwc, nchw = ("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")
+  nchw = ("NCHW", "OIHW", "NCHW")
 
-  def choice(lhs_shape, rhs_shape, stride=1, layout=nhwc, backend="cpu"):
-    geometry = jaxconv.make_conv_geometry(lhs_shape, rhs_shape, stride,
-                                          "SAME", dimension_numbers=layout)
-    out = jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
-    dw = jaxconv.convolution.kernel_gradient_geometry(geometry, lhs_shape,
-                                                      rhs_shape)
-    return jaxconv.choose_algorithm(dw, lhs_shape, out, rhs_shape, backend)
+  def choice(*args, **kwargs):
+    return _default_choices(*args, **kwargs)[2]
 
   yes = "strips" if strips else None
   for lhs_shape, rhs_shape, stride, otherwise in (
