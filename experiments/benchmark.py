@@ -318,7 +318,7 @@ def machine() -> str:
   """The CPU's model name (from /proc/cpuinfo where there is one), its
   architecture and core count, and its vendor and whether it has AVX-512,
   which the policy reads (``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
-  ``STACK_TAPS``, ``STRIP_KERNEL_GRADIENTS``)."""
+  ``STACK_TAPS``, ``PHASE_FEW_TAPS``, ``STRIP_KERNEL_GRADIENTS``)."""
   model = _algorithms.cpuinfo_field(_algorithms.host_cpuinfo(), "model name")
   vendor = _algorithms.host_cpu_vendor() or "vendor unknown"
   avx512 = {True: "AVX-512", False: "no AVX-512",

@@ -69,10 +69,10 @@ transposed into a working layout; XLA lays out each contraction.
 
 ``choose_algorithm`` is a pure function of the static geometry, the shapes
 and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
-``STACK_TAPS`` and ``STRIP_KERNEL_GRADIENTS``, of the host CPU's vendor and
-whether it has AVX-512, read once per process); a user can force
-an algorithm with the ``algorithm=`` keyword or the ``use_algorithm``
-context manager. A forced algorithm is used for every convolution of the
+``STACK_TAPS``, ``PHASE_FEW_TAPS`` and ``STRIP_KERNEL_GRADIENTS``, of the
+host CPU's vendor and whether it has AVX-512, read once per process); a
+user can force an algorithm with the ``algorithm=`` keyword or the
+``use_algorithm`` context manager. A forced algorithm is used for every convolution of the
 rule whose shape it supports (at most ``MAX_UNROLLED`` taps, output
 positions, phases or groups; ``"phased"`` needs input dilation,
 ``"split_groups"`` groups, ``"chunked"`` more than one chunk of samples,
@@ -144,6 +144,14 @@ FOLD_STRIDED = None
 # host, yes on an Intel CPU with AVX-512, where it measured faster, no
 # elsewhere (not measured); ``True`` or ``False`` forces it.
 STACK_TAPS = None
+
+# "phased" for input dilation a with fewer than 2a taps in a dilated
+# dimension too (the input gradient of a 3x3 stride-2 layer, whose phases
+# have one or two taps): ``None`` decides by the host, yes on an Intel CPU
+# with AVX-512, where it measured faster (the phases' own convolutions
+# folded or stacked), no elsewhere (XLA's kernel measured as fast or faster
+# on the AMD CPUs); ``True`` or ``False`` forces it.
+PHASE_FEW_TAPS = None
 
 # "strips" for the kernel gradients of channels-last 2-D layers (eq. 71)
 # with an operand of at least STRIP_MIN_ELEMENTS elements, whose strip
@@ -250,6 +258,12 @@ def _stack_taps() -> bool:
   return bool(STACK_TAPS)
 
 
+def _phase_few_taps() -> bool:
+  if PHASE_FEW_TAPS is None:
+    return _intel_avx512()
+  return bool(PHASE_FEW_TAPS)
+
+
 def _strip_kernel_gradients() -> bool:
   if STRIP_KERNEL_GRADIENTS is None:
     return _intel_avx512()
@@ -344,7 +358,15 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     per group, as in the forward pass and kernel gradient of a transposed
     convolution: ``"phased"`` (eq. 23). With fewer taps per phase (the input
     gradient of a 3x3 stride-2 layer) or few output features (the input
-    gradient of an RGB stem) XLA's dilated kernel measured as fast or faster;
+    gradient of an RGB stem) XLA's dilated kernel measured as fast or faster
+    on the AMD CPUs; on an Intel CPU with AVX-512 the phases of the 3x3
+    stride-2 layers' input gradients, their own convolutions folded or
+    stacked, took 0.68-0.84 of its time alone and the 64->128 layer's whole
+    step 0.89-0.96, so there fewer taps per phase are phased too
+    (``PHASE_FEW_TAPS``). A 1x1 kernel with input dilation (the input
+    gradient of a strided 1x1 layer) is phased on every CPU: one phase meets
+    the kernel and the others are zeros, where ``"shifted"`` would multiply
+    the whole dilated input (256->512 at 56x56: 0.28 of the time alone);
   * a 1x1 kernel: ``"shifted"`` (one matrix product over the channels);
   * one input feature per group (depthwise) with a small kernel:
     ``"shifted"`` (a fused elementwise multiply-add; XLA's CPU kernel for
@@ -448,9 +470,11 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
                                  out_shape):
     kernel = _spatial(rhs_shape, rhs_spec)
     out_per_group = rhs_shape[rhs_spec[0]] // geometry.feature_group_count
-    if out_per_group >= 16 and all(
+    # A 1x1 kernel meets the input in one phase only: the others are zeros,
+    # where "shifted" would multiply a dilated copy of the whole input.
+    if taps == 1 or (out_per_group >= 16 and (_phase_few_taps() or all(
         kernel[i] >= 2 * a for i, a in enumerate(geometry.lhs_dilation)
-        if a > 1):
+        if a > 1))):
       return "phased"
   if taps == 1 or (in_per_group == 1 and taps <= 49):
     if supports("shifted", geometry, lhs_shape, rhs_shape, out_shape):
@@ -865,7 +889,8 @@ def _interleave(blocks, out_spec, dims, factors):
 # with the sub-kernel w[k_p::a] and low padding -c_p (_phase_plan). No zero
 # is multiplied, and the a^n phase outputs interleave back into y by a
 # reshape (q, p) -> a*q + p. Used for the forward pass and the kernel
-# gradient of a transposed convolution (eq. 10 keeps the input dilation).
+# gradient of a transposed convolution (eq. 10 keeps the input dilation),
+# and for the input gradient of a strided layer (dilated by its stride).
 def _phase_dims(geometry):
   """The spatial dims with input dilation, or ``None`` when some such dim
   also has a stride or kernel dilation (then phases do not separate)."""

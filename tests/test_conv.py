@@ -742,7 +742,8 @@ def test_cpuinfo_and_avx512(monkeypatch):
         ("STRIP_KERNEL_GRADIENTS", _algorithms._strip_kernel_gradients,
          strips),
         ("FOLD_STRIDED", _algorithms._fold_strided, strips),
-        ("STACK_TAPS", _algorithms._stack_taps, strips)):
+        ("STACK_TAPS", _algorithms._stack_taps, strips),
+        ("PHASE_FEW_TAPS", _algorithms._phase_few_taps, strips)):
       monkeypatch.setattr(_algorithms, constant, None)
       assert decide() is default, (constant, text)
       for forced in (False, True):
@@ -813,6 +814,7 @@ def test_strided_layers_fold_where_told(strided, monkeypatch):
   1-D convolution per kernel row, each reading a strided row slice."""
   monkeypatch.setattr(_algorithms, "FOLD_STRIDED", strided)
   monkeypatch.setattr(_algorithms, "STACK_TAPS", False)
+  monkeypatch.setattr(_algorithms, "PHASE_FEW_TAPS", False)
   yes = "folded" if strided else "xla"
   for lhs_shape, rhs_shape, stride, expected in (
       ((8, 56, 56, 64), (3, 3, 64, 128), 2, yes),
@@ -852,6 +854,7 @@ def test_taps_stacked_where_told(stack, monkeypatch):
   one, NCHW's "positions" form and the GPU are left as they were."""
   monkeypatch.setattr(_algorithms, "STACK_TAPS", stack)
   monkeypatch.setattr(_algorithms, "FOLD_STRIDED", True)
+  monkeypatch.setattr(_algorithms, "PHASE_FEW_TAPS", False)
 
   def choices(*args, **kwargs):
     return _default_choices(*args, **kwargs)[:2]
@@ -865,6 +868,66 @@ def test_taps_stacked_where_told(stack, monkeypatch):
                  layout=("NDHWC", "DHWIO", "NDHWC")) == ("folded", "folded")
   assert choices((8, 64, 56, 56), (64, 64, 3, 3),
                  layout=("NCHW", "OIHW", "NCHW"))[0] == "folded"
+
+
+@pytest.mark.parametrize("few", [False, True])
+def test_few_tap_phases_where_told(few, monkeypatch):
+  """PHASE_FEW_TAPS (by default: on an Intel CPU with AVX-512) splits the
+  input gradient of a 3x3 stride-2 layer into phases (eq. 23), though they
+  have only one or two taps each; a strided 1x1 layer's input gradient is
+  phased on every CPU (one phase meets the kernel, the others are zeros);
+  the RGB stem (three output features) and the GPU are left as they were."""
+  monkeypatch.setattr(_algorithms, "PHASE_FEW_TAPS", few)
+  for batch, otherwise in ((8, "xla"), (32, "chunked")):
+    assert _default_choices((batch, 56, 56, 64), (3, 3, 64, 128), 2)[1] == (
+        "phased" if few else otherwise)
+    assert _default_choices((batch, 56, 56, 256), (1, 1, 256, 512),
+                            2)[1] == "phased"
+    assert _default_choices((batch, 224, 224, 3), (7, 7, 3, 64),
+                            2)[1] == "chunked"
+    for shapes in (((batch, 56, 56, 64), (3, 3, 64, 128)),
+                   ((batch, 56, 56, 256), (1, 1, 256, 512))):
+      assert _default_choices(*shapes, 2, backend="gpu")[1] == "xla"
+
+
+FEW_TAPS = [
+    Case((2, 9, 8, 16), (3, 3, 16, 16), dict(
+        window_strides=(2, 2), padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+    Case((2, 16, 7, 9), (16, 16, 3, 2), dict(
+        window_strides=(2, 3), padding=((1, 0), (0, 1)),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"))),
+    Case((2, 8, 8, 16), (1, 1, 16, 24), dict(
+        window_strides=(2, 2), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("case", FEW_TAPS, ids=["3x3", "nchw-3x2", "1x1"])
+def test_few_tap_phases_match_lax(case, dtype, monkeypatch):
+  """A strided layer's input gradient in phases with one or two taps (some
+  with none) and their own convolutions chosen by the policy (thresholds
+  lowered so that they fold and stack): no convolution of the program is
+  dilated, and forward and both gradients equal lax's."""
+  for constant, value in (("PHASE_FEW_TAPS", True), ("FOLD_MIN_ELEMENTS", 0),
+                          ("FOLD_MIN_FEATURES", 0), ("STACK_TAPS", True)):
+    monkeypatch.setattr(_algorithms, constant, value)
+  lhs, rhs = case.arrays(jnp.float32)
+  geometry = jaxconv.make_conv_geometry(lhs.shape, rhs.shape, **case.kwargs)
+  out = jaxconv.conv_output_shape(geometry, lhs.shape, rhs.shape)
+  dx = jaxconv.convolution.input_gradient_geometry(geometry, lhs.shape,
+                                                   rhs.shape)
+  assert jaxconv.choose_algorithm(dx, out, rhs.shape, lhs.shape,
+                                  "cpu") == "phased"
+  program = jax.jit(lambda ct, w: jaxconv.conv_input_grad(
+      ct, w, lhs.shape, **case.kwargs)).lower(
+          jax.ShapeDtypeStruct(out, jnp.float32), rhs).as_text()
+  dilations = re.findall(r"lhs_dilate = \[([0-9, ]*)\]", program)
+  assert "dot_general" in program or dilations, program
+  assert all(set(d.replace(" ", "").split(",")) == {"1"} for d in dilations), (
+      dilations)
+  compare_with_lax(case, dtype)
 
 
 @pytest.mark.parametrize("strips", [False, True])
@@ -960,13 +1023,20 @@ def test_default_choice_is_a_pure_function_of_geometry(monkeypatch):
                 **transposed) == "xla"
   # Measured slower split into phases: few output features (the input
   # gradient of a 3-channel stem, which is chunked instead: 0.8 M elements
-  # per sample), or phases with a single tap (K < 2a).
+  # per sample), or, except where PHASE_FEW_TAPS says so, phases with a
+  # single tap (K < 2a; see test_few_tap_phases_where_told).
   assert choice((8, 112, 112, 64), (7, 7, 64, 3), "cpu",
                 **transposed) == "chunked"
   assert choice((2, 112, 112, 64), (7, 7, 64, 3), "cpu",
                 **transposed) == "xla"
-  assert choice((8, 28, 28, 128), (3, 3, 128, 64), "cpu",
-                **transposed) == "xla"
+  for few in (False, True):
+    monkeypatch.setattr(_algorithms, "PHASE_FEW_TAPS", few)
+    assert choice((8, 28, 28, 128), (3, 3, 128, 64), "cpu",
+                  **transposed) == ("phased" if few else "xla")
+  # A 1x1 kernel meets one phase only: phased whatever the host.
+  assert choice((8, 28, 28, 128), (1, 1, 128, 64), "cpu",
+                padding=((0, 1), (0, 1)), lhs_dilation=2) == "phased"
+  monkeypatch.setattr(_algorithms, "PHASE_FEW_TAPS", None)
   # Grouped: one dense convolution per group, up to 32 groups.
   assert choice((8, 28, 28, 128), (3, 3, 32, 128), "cpu",
                 feature_group_count=4) == "split_groups"
