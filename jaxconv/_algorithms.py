@@ -67,24 +67,22 @@ The direct algorithms slice and contract the arrays in their own layouts
 (the axes are named through the dimension numbers), so no operand is first
 transposed into a working layout; XLA lays out each contraction.
 
-``choose_algorithm`` is a pure function of the static geometry, the shapes
-and the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
-``STACK_TAPS``, ``PHASE_FEW_TAPS`` and ``STRIP_KERNEL_GRADIENTS``, of the
-host CPU's vendor and whether it has AVX-512, read once per process); a
-user can force an algorithm with the ``algorithm=`` keyword or the
-``use_algorithm`` context manager. A forced algorithm is used for every convolution of the
-rule whose shape it supports (at most ``MAX_UNROLLED`` taps, output
-positions, phases or groups; ``"phased"`` needs input dilation,
-``"split_groups"`` groups, ``"chunked"`` more than one chunk of samples,
-``"folded"`` two spatial dimensions and a layout it can merge,
-``"stacked"`` that and stride 1 without groups or input dilation in the
-first dimension,
-``"strips"`` a channels-last 2-D kernel gradient), and XLA's kernel for the
-rest. Inside ``"phased"``,
+``choose_algorithm`` is a pure function of the static geometry, the shapes and
+the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
+``STACK_TAPS``, ``PHASE_FEW_TAPS`` and ``STRIP_KERNEL_GRADIENTS``, of the host
+CPU's vendor and whether it has AVX-512, read once per process); a user can
+force an algorithm with the ``algorithm=`` keyword or the ``use_algorithm``
+context manager. A forced algorithm is used for every convolution of the rule
+whose shape it supports (at most ``MAX_UNROLLED`` taps, output positions,
+phases or groups; ``"phased"`` needs input dilation, ``"split_groups"`` groups,
+``"chunked"`` more than one chunk of samples, ``"folded"`` two spatial
+dimensions and a layout it can merge, ``"stacked"`` that and stride 1 without
+groups or input dilation in the first dimension, ``"strips"`` a channels-last
+2-D kernel gradient), and XLA's kernel for the rest. Inside ``"phased"``,
 ``"split_groups"`` and ``"chunked"`` a forced choice therefore leaves the
-undilated phases, the dense groups and the chunks to XLA; a forced
-``"folded"`` (or ``"stacked"``) folds its own convolutions again, down to
-one spatial dimension.
+undilated phases, the dense groups and the chunks to XLA; a forced ``"folded"``
+(or ``"stacked"``) folds its own convolutions again, down to one spatial
+dimension.
 """
 
 from __future__ import annotations
@@ -361,7 +359,7 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     gradient of an RGB stem) XLA's dilated kernel measured as fast or faster
     on the AMD CPUs; on an Intel CPU with AVX-512 the phases of the 3x3
     stride-2 layers' input gradients, their own convolutions folded or
-    stacked, took 0.68-0.84 of its time alone and the 64->128 layer's whole
+    stacked, took 0.60-0.84 of its time alone and the 64->128 layer's whole
     step 0.89-0.96, so there fewer taps per phase are phased too
     (``PHASE_FEW_TAPS``). A 1x1 kernel with input dilation (the input
     gradient of a strided 1x1 layer) is phased on every CPU: one phase meets
@@ -674,8 +672,9 @@ def _long_contraction(patch, x_axes, kernel, k_axes, result, accumulate,
 
   The merge is a free reshape to an ``(M, C)`` and an ``(M, K)`` matrix,
   whose product XLA's CPU dot ran 1.2-1.4x faster than the contraction
-  over several axes in seven of ten comparisons, and even in the others. That product, contracted over the major axis of both,
-  ran 1.2-2.4x faster still (on one core as on two) when the smaller of
+  over several axes in seven of ten comparisons, and even in the others.
+  That product, contracted over the major axis of both, ran 1.2-2.4x faster
+  still (on one core as on two) when the smaller of
   ``C`` and ``K`` indexes its output's rows. XLA lays a lone product out as
   its result is laid out, so to choose the rows the sum over ``M`` is split
   into two halves, one batched product whose two partial sums are then
