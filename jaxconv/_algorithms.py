@@ -53,10 +53,12 @@ Algorithms (all compute eq. 5 exactly, with groups and batch groups):
     for it. The merges are free reshapes, so each form needs its layout
     (``_fold_form``).
 ``"stacked"``
-    The "taps" form of ``"folded"`` (stride 1 in the first dimension) as a
-    single convolution of one dimension fewer (eq. 72): the kernel's rows
-    stacked on its output features, the input's rows merged with the
-    batch, each output row the sum of ``K_0`` rows of the result.
+    The "taps" form of ``"folded"`` as a single convolution of one
+    dimension fewer (eq. 72): the kernel's rows stacked on its output
+    features, the input's rows merged with the batch, each output row the
+    sum of ``K_0`` rows of the result; with a stride ``s`` in the first
+    dimension, one such convolution per row phase of the input, at most
+    ``s`` (eq. 73).
 ``"strips"``
     A kernel gradient of a channels-last 2-D layer (eq. 71) as a loop over
     strips of the delta's rows: in each strip the input's column shifts
@@ -76,8 +78,8 @@ context manager. A forced algorithm is used for every convolution of the rule
 whose shape it supports (at most ``MAX_UNROLLED`` taps, output positions,
 phases or groups; ``"phased"`` needs input dilation, ``"split_groups"`` groups,
 ``"chunked"`` more than one chunk of samples, ``"folded"`` two spatial
-dimensions and a layout it can merge, ``"stacked"`` that and stride 1 without
-groups or input dilation in the first dimension, ``"strips"`` a channels-last
+dimensions and a layout it can merge, ``"stacked"`` that without groups or
+input dilation in the first dimension, ``"strips"`` a channels-last
 2-D kernel gradient), and XLA's kernel for the rest. Inside ``"phased"``,
 ``"split_groups"`` and ``"chunked"`` a forced choice therefore leaves the
 undilated phases, the dense groups and the chunks to XLA; a forced ``"folded"``
@@ -136,11 +138,12 @@ FOLD_KERNEL_GRADIENTS = None
 # faster); ``True`` or ``False`` forces it.
 FOLD_STRIDED = None
 
-# "stacked" in place of "folded" where the fold is in the "taps" form with
-# stride 1 (eq. 72: one convolution with the kernel's rows stacked on its
-# output features instead of one per kernel row): ``None`` decides by the
-# host, yes on an Intel CPU with AVX-512, where it measured faster, no
-# elsewhere (not measured); ``True`` or ``False`` forces it.
+# "stacked" in place of "folded" where the fold is in the "taps" form (eq.
+# 72: one convolution with the kernel's rows stacked on its output features
+# instead of one per kernel row; with a stride, one per row phase, eq. 73):
+# ``None`` decides by the host, yes on an Intel CPU with AVX-512, where it
+# measured faster, no elsewhere (not measured); ``True`` or ``False`` forces
+# it.
 STACK_TAPS = None
 
 # "phased" for input dilation a with fewer than 2a taps in a dilated
@@ -304,7 +307,6 @@ def supports(name: str, geometry, lhs_shape, rhs_shape, out_shape) -> bool:
     return rows <= MAX_UNROLLED
   if name == "stacked":
     return (_fold_form(geometry) == "taps"
-            and geometry.window_strides[0] == 1
             and geometry.lhs_dilation[0] == 1
             and geometry.feature_group_count == 1
             and _spatial(rhs_shape, rhs_spec)[0] <= MAX_UNROLLED)
@@ -431,12 +433,14 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     a stride-2 layer) were no faster on the AMD CPUs; on the Intel one the
     3x3 stride-2 64->128 layer's forward pass took 0.54-0.90 of XLA's time
     alone at batch 8 and its whole step 0.82-0.93 at batches 8 and 32.
-    Where such a 2-D fold is in the "taps" form with stride 1 and
-    ``STACK_TAPS`` says so (by default on an Intel CPU with AVX-512):
-    ``"stacked"``, the same sum as one convolution (eq. 72), which there
-    took 0.72-0.89 of the folded time alone on the 3x3 64->64 layers and
-    0.44-0.71 on the dilated ones, their steps 0.81-0.94 (the 3-D layer's
-    planes even, 1.00-1.06, so they stay folded);
+    Where such a 2-D fold is in the "taps" form and ``STACK_TAPS`` says so
+    (by default on an Intel CPU with AVX-512): ``"stacked"``, the same sum
+    as one convolution (eq. 72), or one per row phase where the first
+    dimension is strided (eq. 73), which there took 0.72-0.89 of the folded
+    time alone on the 3x3 64->64 layers, 0.44-0.71 on the dilated ones and
+    0.83-0.91 on the stride-2 one, their steps 0.81-0.94, 0.82-0.97 for the
+    stride-2 one at batch 8 and even at batch 32 (the 3-D layer's planes
+    even, 1.00-1.06, so they stay folded);
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
@@ -1136,7 +1140,7 @@ def folded(lhs, rhs, geometry, out_shape):
   return jnp.stack(terms, axis=out_spec[2])
 
 
-# The "taps" fold in one convolution: docs/derivation.md eq. (72).
+# The "taps" fold in one convolution: docs/derivation.md eqs. (72), (73).
 #
 # With stride 1 in the first spatial dimension, the K_0 terms of eq. (70)
 # read the input rows j = i_0 + d_0 k_0 - lo. Instead of slicing (copying)
@@ -1151,10 +1155,25 @@ def folded(lhs, rhs, geometry, out_shape):
 # - lo in block k_0, the rows outside the input (the padding) being zero:
 # a pad and slice per term that XLA fuses into the sum. T holds K_0 times
 # the output; the input is read once.
+#
+# With stride s > 1 there, tap k_0 reads row s i_0 + d_0 k_0 of x^, so the
+# taps split by the residue r of d_0 k_0 modulo s: with g = gcd(d_0, s), the
+# taps of residue r are k_r + (s/g) m, and they read rows s (i_0 + o_r +
+# (d_0/g) m) + r, i.e. rows i_0 + o_r + (d_0/g) m of the phase x^_r = x^[r::s]
+# (o_r = (d_0 k_r - r) / s):
+#
+#   y[i_0] = sum_r sum_m x^_r[i_0 + o_r + (d_0/g) m] . w[k_r + (s/g) m]   (73)
+#
+# a stride-1 convolution of each phase with every (s/g)-th kernel row, kernel
+# dilation d_0/g and low padding -o_r, each stacked as above; no product is
+# computed that the strided sum does not use.
 def stacked(lhs, rhs, geometry, out_shape):
   """The "taps" fold as one convolution (eq. 72): the kernel's rows stacked
   on its output features, the input's rows merged with the batch, and each
-  output row summed from ``K_0`` rows of the result."""
+  output row summed from ``K_0`` rows of the result; with a stride in the
+  first dimension, one such convolution per row phase (eq. 73)."""
+  if geometry.window_strides[0] > 1:
+    return _stacked_phases(lhs, rhs, geometry, out_shape)
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
   height, features = lhs.shape[lhs_spec[2]], rhs.shape[rhs_spec[0]]
@@ -1187,6 +1206,38 @@ def stacked(lhs, rhs, geometry, out_shape):
                             axis=out_spec[1])
     term = lax.slice_in_dim(lax.pad(term, jnp.zeros((), term.dtype), pads),
                             d * k, d * k + rows, axis=out_spec[2])
+    total = term if total is None else total + term
+  return total.astype(geometry.preferred_element_type or lhs.dtype)
+
+
+def _stacked_phases(lhs, rhs, geometry, out_shape):
+  """Eq. (73): a first dimension of stride ``s`` as ``s`` (at most) stride-1
+  stacked convolutions of the row phases of ``x^``, summed."""
+  lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
+  s, d = geometry.window_strides[0], geometry.rhs_dilation[0]
+  taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
+  rest = len(geometry.padding) - 1
+  x = _prepared_input(lhs, geometry._replace(    # x^ along the first dim
+      padding=geometry.padding[:1] + ((0, 0),) * rest,
+      lhs_dilation=(1,) * (rest + 1)))
+  g = math.gcd(d, s)
+  accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
+  total = None
+  for r in range(s):
+    first = next((k for k in range(taps) if d * k % s == r), None)
+    if first is None:
+      continue
+    phase = lax.slice_in_dim(x, r, x.shape[lhs_spec[2]], s, axis=lhs_spec[2])
+    kernel = lax.slice_in_dim(rhs, first, taps, s // g, axis=rhs_spec[2])
+    offset, dilation = (d * first - r) // s, d // g
+    hi = (rows + offset + dilation * (kernel.shape[rhs_spec[2]] - 1)
+          - phase.shape[lhs_spec[2]])
+    sub = geometry._replace(
+        window_strides=(1,) + geometry.window_strides[1:],
+        padding=((-offset, hi),) + geometry.padding[1:],
+        rhs_dilation=(dilation,) + geometry.rhs_dilation[1:],
+        preferred_element_type=accumulate or geometry.preferred_element_type)
+    term = stacked(phase, kernel, sub, out_shape)
     total = term if total is None else total + term
   return total.astype(geometry.preferred_element_type or lhs.dtype)
 
