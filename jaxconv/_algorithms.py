@@ -1165,8 +1165,8 @@ def folded(lhs, rhs, geometry, out_shape):
 #   y[i_0] = sum_r sum_m x^_r[i_0 + o_r + (d_0/g) m] . w[k_r + (s/g) m]   (73)
 #
 # a stride-1 convolution of each phase with every (s/g)-th kernel row, kernel
-# dilation d_0/g and low padding -o_r, each stacked as above; no product is
-# computed that the strided sum does not use.
+# dilation d_0/g and low padding -o_r, each stacked as above; apart from a
+# few rows at the edges, no product is computed that the strided sum skips.
 def stacked(lhs, rhs, geometry, out_shape):
   """The "taps" fold as one convolution (eq. 72): the kernel's rows stacked
   on its output features, the input's rows merged with the batch, and each
