@@ -438,9 +438,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     as one convolution (eq. 72), or one per row phase where the first
     dimension is strided (eq. 73), which there took 0.72-0.89 of the folded
     time alone on the 3x3 64->64 layers, 0.44-0.71 on the dilated ones and
-    0.83-0.91 on the stride-2 one, their steps 0.81-0.94, 0.82-0.97 for the
-    stride-2 one at batch 8 and even at batch 32 (the 3-D layer's planes
-    even, 1.00-1.06, so they stay folded);
+    0.83-0.91 on the stride-2 one, their steps 0.81-0.94 (the stride-2
+    one's even within noise, 0.82-1.23 in eleven runs at batches 8 and 32;
+    the 3-D layer's planes even, 1.00-1.06, so they stay folded);
   * otherwise, and on every other backend: ``"xla"``. Plain kernel
     gradients stay with XLA: per-tap products measured slower there.
 
