@@ -29,6 +29,8 @@ milliseconds, with each variant's ratio to the first:
         --variant auto:FOLD_MIN_ELEMENTS=inf --variant auto
     python experiments/benchmark_algorithms.py --step --small \\
         --variant xla --variant folded       # the folding threshold's layers
+    python experiments/benchmark_algorithms.py --strided \\
+        --variant auto:PHASE_FEW_TAPS=0 --variant auto   # strided layers
 """
 
 from __future__ import annotations
@@ -59,6 +61,18 @@ SMALL = [
     (benchmark.Layer("3x3 conv 64->64 @28", (28, 28), (3, 3), 64, 64), 4),
     (benchmark.Layer("3x3 conv 32->32 @16", (16, 16), (3, 3), 32, 32), 32),
     (benchmark.Layer("3x3 conv 32->32 @28", (28, 28), (3, 3), 32, 32), 32),
+]
+
+# Strided layers beside the suite's, for the phases of strided input
+# gradients (PHASE_FEW_TAPS, and the 1x1 kernel's, against "shifted"):
+# a ResNet-style 1x1 stride-2 shortcut and two more 3x3 stride-2 layers.
+STRIDED = [
+    benchmark.Layer("1x1 s2 conv 256->512 @56", (56, 56), (1, 1), 256, 512,
+                    stride=2),
+    benchmark.Layer("3x3 s2 conv 128->256 @28", (28, 28), (3, 3), 128, 256,
+                    stride=2),
+    benchmark.Layer("3x3 s2 conv 32->32 @32", (32, 32), (3, 3), 32, 32,
+                    stride=2),
 ]
 
 PASSES = ("forward", "input gradient", "kernel gradient")
@@ -201,6 +215,9 @@ def main(argv=None) -> int:
   parser.add_argument("--small", action="store_true",
                       help="the small 3x3 layers of the folding threshold, "
                       "each at its own batch")
+  parser.add_argument("--strided", action="store_true",
+                      help="strided layers beside the suite's (a 1x1 "
+                      "shortcut, two 3x3 stride-2 layers)")
   add_selection_arguments(parser)
   args = parser.parse_args(argv)
   try:
@@ -211,7 +228,8 @@ def main(argv=None) -> int:
     cases = [(layer, batch) for layer, batch in SMALL
              if not args.batch or batch in args.batch]
   else:
-    cases = [(layer, batch) for layer in benchmark.SUITE
+    cases = [(layer, batch)
+             for layer in (STRIDED if args.strided else benchmark.SUITE)
              for batch in args.batch or [8, 32]
              if args.step or not layer.transpose]
   if args.only:

@@ -247,28 +247,26 @@ def _fold_kernel_gradients() -> bool:
   return bool(FOLD_KERNEL_GRADIENTS)
 
 
+def _on_intel_avx512(setting) -> bool:
+  """A rule measured on the Intel machine only: ``None`` decides by the host
+  (an Intel CPU with AVX-512), ``True`` or ``False`` forces it."""
+  return _intel_avx512() if setting is None else bool(setting)
+
+
 def _fold_strided() -> bool:
-  if FOLD_STRIDED is None:
-    return _intel_avx512()
-  return bool(FOLD_STRIDED)
+  return _on_intel_avx512(FOLD_STRIDED)
 
 
 def _stack_taps() -> bool:
-  if STACK_TAPS is None:
-    return _intel_avx512()
-  return bool(STACK_TAPS)
+  return _on_intel_avx512(STACK_TAPS)
 
 
 def _phase_few_taps() -> bool:
-  if PHASE_FEW_TAPS is None:
-    return _intel_avx512()
-  return bool(PHASE_FEW_TAPS)
+  return _on_intel_avx512(PHASE_FEW_TAPS)
 
 
 def _strip_kernel_gradients() -> bool:
-  if STRIP_KERNEL_GRADIENTS is None:
-    return _intel_avx512()
-  return bool(STRIP_KERNEL_GRADIENTS)
+  return _on_intel_avx512(STRIP_KERNEL_GRADIENTS)
 
 
 def _spatial(shape, spec):
@@ -361,12 +359,12 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     gradient of an RGB stem) XLA's dilated kernel measured as fast or faster
     on the AMD CPUs; on an Intel CPU with AVX-512 the phases of the 3x3
     stride-2 layers' input gradients, their own convolutions folded or
-    stacked, took 0.60-0.84 of its time alone and the 64->128 layer's whole
+    stacked, took 0.60-0.86 of its time alone and the 64->128 layer's whole
     step 0.89-0.96, so there fewer taps per phase are phased too
     (``PHASE_FEW_TAPS``). A 1x1 kernel with input dilation (the input
     gradient of a strided 1x1 layer) is phased on every CPU: one phase meets
     the kernel and the others are zeros, where ``"shifted"`` would multiply
-    the whole dilated input (256->512 at 56x56: 0.28 of the time alone);
+    the whole dilated input (256->512 at 56x56: 0.28-0.32 of the time alone);
   * a 1x1 kernel: ``"shifted"`` (one matrix product over the channels);
   * one input feature per group (depthwise) with a small kernel:
     ``"shifted"`` (a fused elementwise multiply-add; XLA's CPU kernel for
@@ -1099,15 +1097,22 @@ def _without_first_dimension(geometry):
             for spec in geometry.dimension_numbers)))
 
 
+def _prepared_first_dimension(lhs, geometry):
+  """x^ of eq. (5) along the first spatial dimension only (its padding and
+  input dilation); the convolutions of one dimension fewer that ``folded``
+  and ``stacked`` make apply the rest."""
+  rest = len(geometry.padding) - 1
+  return _prepared_input(lhs, geometry._replace(
+      padding=geometry.padding[:1] + ((0, 0),) * rest,
+      lhs_dilation=geometry.lhs_dilation[:1] + (1,) * rest))
+
+
 def folded(lhs, rhs, geometry, out_shape):
   """The first spatial dimension unrolled: ``K_0`` (taps) or ``M_0``
   (positions) convolutions of one spatial dimension fewer."""
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   form = _fold_form(geometry)
-  rest = len(geometry.padding) - 1          # x^ along the first dim only
-  x = _prepared_input(lhs, geometry._replace(
-      padding=geometry.padding[:1] + ((0, 0),) * rest,
-      lhs_dilation=geometry.lhs_dilation[:1] + (1,) * rest))
+  x = _prepared_first_dimension(lhs, geometry)
   s, d = geometry.window_strides[0], geometry.rhs_dilation[0]
   taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
@@ -1216,10 +1221,7 @@ def _stacked_phases(lhs, rhs, geometry, out_shape):
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   s, d = geometry.window_strides[0], geometry.rhs_dilation[0]
   taps, rows = rhs.shape[rhs_spec[2]], out_shape[out_spec[2]]
-  rest = len(geometry.padding) - 1
-  x = _prepared_input(lhs, geometry._replace(    # x^ along the first dim
-      padding=geometry.padding[:1] + ((0, 0),) * rest,
-      lhs_dilation=(1,) * (rest + 1)))
+  x = _prepared_first_dimension(lhs, geometry)
   g = math.gcd(d, s)
   accumulate = _accumulation_dtype(lhs.dtype, geometry.preferred_element_type)
   total = None

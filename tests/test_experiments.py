@@ -261,3 +261,12 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
   (row,) = capsys.readouterr().out.strip().splitlines()[1:]
   assert re.search(r"ratio [\d.]+  temp MB [\d.]+ / [\d.]+  faults \d+ / \d+  "
                    r"\(xla/xla/xla \| xla/xla/xla\)$", row), row
+  # --strided: the input gradient of a 3x3 stride-2 layer under both
+  # settings of PHASE_FEW_TAPS.
+  bench.main(["--strided", "--only", "32->32", "--batch", "1", "--repeats",
+              "1", "--variant", "auto:PHASE_FEW_TAPS=0", "--variant",
+              "auto:PHASE_FEW_TAPS=1"])
+  rows = capsys.readouterr().out.strip().splitlines()[1:]
+  assert len(rows) == 3, rows
+  assert "input gradient" in rows[1] and rows[1].endswith("(xla / phased)"), (
+      rows[1])
