@@ -19,6 +19,7 @@ a JSON file (``--json``) and a bar chart of the ratios (``--plot``).
     python experiments/benchmark.py --quick          # a few small layers
     python experiments/benchmark.py --only depthwise --batch 8
     python experiments/benchmark.py --keep-freed-memory   # glibc keeps freed memory
+    python experiments/benchmark.py --no-ynnpack-convolutions  # XLA's Eigen kernel
 """
 
 from __future__ import annotations
@@ -217,6 +218,23 @@ def keep_freed_memory() -> bool:
   return all(mallopt(option, value) == 1 for option, value in settings)
 
 
+# XLA's CPU backend hands 2-D convolutions to YNNPACK by default (jax 0.10);
+# this turns that off for the whole process, lax and jaxconv alike, so that
+# XLA's kernel is its Eigen one (docs/performance.md, "XLA's two CPU kernels").
+NO_YNNPACK_CONVOLUTIONS = (
+    "--xla_cpu_experimental_ynn_fusion_type="
+    "-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+
+
+def no_ynnpack_convolutions() -> bool:
+  """Adds ``NO_YNNPACK_CONVOLUTIONS`` to ``XLA_FLAGS``; whether XLA took it
+  (it reads the variable once, when the first computation starts it)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if NO_YNNPACK_CONVOLUTIONS not in flags.split():
+    os.environ["XLA_FLAGS"] = (flags + " " + NO_YNNPACK_CONVOLUTIONS).strip()
+  return not _algorithms.xla_convolutions_in_ynnpack()
+
+
 def forward_backward(f, x, w, cotangent):
   """The output and both gradients for a given cotangent, as in training.
 
@@ -367,7 +385,12 @@ def markdown(rows, matmul_rate, args) -> str:
           f"interleaved runs. Matmul rate (2048² float32): "
           f"{matmul_rate:.0f} GFLOP/s."
           + (" glibc told to keep freed memory (--keep-freed-memory)."
-             if getattr(args, "keep_freed_memory", False) else ""))
+             if getattr(args, "keep_freed_memory", False) else "")
+          + " XLA's 2-D convolutions: "
+          + ("YNNPACK's (XLA's default)."
+             if _algorithms.xla_convolutions_in_ynnpack() else
+             "Eigen's (YNNPACK's turned off, --no-ynnpack-convolutions or "
+             "XLA_FLAGS)."))
   return "\n".join([info, "", *lines, "", *summary])
 
 
@@ -400,12 +423,18 @@ def main(argv=None) -> int:
   parser.add_argument("--keep-freed-memory", action="store_true",
                       help="tell glibc's malloc to keep freed memory "
                       "(no fresh page faults per call)")
+  parser.add_argument("--no-ynnpack-convolutions", action="store_true",
+                      help="XLA's Eigen kernel for 2-D convolutions, not "
+                      "YNNPACK's (for lax and jaxconv alike)")
   parser.add_argument("--markdown", default=None)
   parser.add_argument("--json", default=None)
   parser.add_argument("--plot", default=None)
   args = parser.parse_args(argv)
   if args.keep_freed_memory and not keep_freed_memory():
     parser.error("--keep-freed-memory needs glibc's mallopt")
+  if args.no_ynnpack_convolutions and not no_ynnpack_convolutions():
+    parser.error("--no-ynnpack-convolutions: XLA still hands 2-D "
+                 "convolutions to YNNPACK (was it started already?)")
   layers = QUICK if args.quick else SUITE
   if args.only:
     layers = [l for l in layers if args.only in l.name]
@@ -432,7 +461,9 @@ def main(argv=None) -> int:
       f.write(table + "\n")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(rows=rows, matmul_gflops=rate), f, indent=1)
+      json.dump(dict(rows=rows, matmul_gflops=rate, xla_convolutions=(
+          "ynnpack" if _algorithms.xla_convolutions_in_ynnpack()
+          else "eigen")), f, indent=1)
   if args.plot:
     plot(rows, args.plot)
   return 0

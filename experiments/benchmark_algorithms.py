@@ -11,6 +11,14 @@ it (``auto`` is the default policy), optionally with constants of
     auto                         the default policy
     auto:FOLD_MIN_ELEMENTS=inf   the default policy without "folded"
     chunked:CHUNK_SAMPLES=2,CHUNK_ELEMENTS=inf   chunks of two samples
+    xla/eigen                    XLA's kernel, its Eigen one (below)
+    auto/eigen                   the default policy where XLA's kernel is Eigen's
+
+A variant ending in ``/eigen`` is compiled with XLA's YNNPACK convolutions
+turned off (``compiler_options``, as ``NO_YNNPACK_CONVOLUTIONS`` of
+benchmark.py does for a whole process), so that XLA's 2-D convolutions are
+its Eigen kernel's, and the policy is told so (``XLA_YNNPACK_CONVOLUTIONS=0``):
+both kernels side by side in one run.
 
 Two modes, both interleaved round by round in alternating order, medians in
 milliseconds, with each variant's ratio to the first:
@@ -31,6 +39,8 @@ milliseconds, with each variant's ratio to the first:
         --variant xla --variant folded       # the folding threshold's layers
     python experiments/benchmark_algorithms.py --strided \\
         --variant auto:PHASE_FEW_TAPS=0 --variant auto   # strided layers
+    python experiments/benchmark_algorithms.py --variant xla \\
+        --variant xla/eigen --variant auto --variant auto/eigen  # both kernels
 """
 
 from __future__ import annotations
@@ -78,8 +88,19 @@ STRIDED = [
 PASSES = ("forward", "input gradient", "kernel gradient")
 
 
+# XLA's YNNPACK convolutions off, for one compiled program: jax 0.10's
+# default list of YNNPACK fusions less INDIVIDUAL_CONVOLUTION (compiler
+# options take no "-" form, which XLA_FLAGS do).
+EIGEN = {"xla_cpu_experimental_ynn_fusion_type":
+         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
 def parse_variant(text: str):
-  """``"NAME[:CONST=VALUE,...]"`` -> (algorithm, {constant: value})."""
+  """``"NAME[:CONST=VALUE,...][/eigen]"`` -> (algorithm, {constant: value},
+  XLA compiler options or None)."""
+  options = None
+  if text.endswith("/eigen"):
+    text, options = text[:-len("/eigen")], EIGEN
   name, _, rest = text.partition(":")
   _algorithms.check_algorithm(name, "--variant")
   constants = {}
@@ -94,7 +115,9 @@ def parse_variant(text: str):
       raise ValueError(f"--variant: {key} must be a number (or inf), got "
                        f"{value!r}") from None
     constants[key] = int(number) if number.is_integer() else number
-  return name, constants
+  if options is not None:
+    constants.setdefault("XLA_YNNPACK_CONVOLUTIONS", 0)
+  return name, constants, options
 
 
 @contextlib.contextmanager
@@ -119,7 +142,7 @@ def _conv_kwargs(layer):
               feature_group_count=layer.groups)
 
 
-def pass_programs(layer, batch, algorithm, constants=None):
+def pass_programs(layer, batch, algorithm, constants=None, options=None):
   """The rule's three convolutions, compiled under the variant, each with
   its arguments: ``{pass: (compiled, args)}``."""
   if layer.transpose:
@@ -139,14 +162,15 @@ def pass_programs(layer, batch, algorithm, constants=None):
           x, ct, w_shape, **kw), (x, y)),
   }
   with policy(algorithm, constants or {}):
-    compiled = {name: (jax.jit(f).lower(*args).compile(), args)
+    compiled = {name: (jax.jit(f, compiler_options=options)
+                       .lower(*args).compile(), args)
                 for name, (f, args) in fns.items()}
   for f, args in compiled.values():
     jax.block_until_ready(f(*args))
   return compiled
 
 
-def step_program(layer, batch, algorithm, constants=None):
+def step_program(layer, batch, algorithm, constants=None, options=None):
   """The compiled forward+backward under the variant, with its arguments."""
   x_shape, w_shape = layer.shapes(batch)
   keys = jax.random.split(jax.random.key(0), 3)
@@ -155,7 +179,8 @@ def step_program(layer, batch, algorithm, constants=None):
   ours, theirs = benchmark.functions(layer)
   out_shape = jax.eval_shape(theirs, x, w).shape
   cotangent = jax.random.normal(keys[2], out_shape, jnp.float32)
-  step = jax.jit(functools.partial(benchmark.forward_backward, ours))
+  step = jax.jit(functools.partial(benchmark.forward_backward, ours),
+                 compiler_options=options)
   with policy(algorithm, constants or {}):
     compiled = step.lower(x, w, cotangent).compile()
   args = (x, w, cotangent)
@@ -201,14 +226,14 @@ def add_selection_arguments(parser, repeats=7):
 def chosen_under(variant, layer, batch) -> str:
   """The algorithms the variant gives the layer: forward / input grad /
   kernel grad."""
-  with policy(*variant):
+  with policy(*variant[:2]):
     return benchmark.chosen_algorithms(layer, batch)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variant", action="append",
-                      help="ALGORITHM[:CONSTANT=VALUE,...]; several, the "
+                      help="ALGORITHM[:CONSTANT=VALUE,...][/eigen]; several, the "
                       "first is the reference (default: xla, auto)")
   parser.add_argument("--step", action="store_true",
                       help="time the whole forward+backward, not each pass")

@@ -72,7 +72,9 @@ transposed into a working layout; XLA lays out each contraction.
 ``choose_algorithm`` is a pure function of the static geometry, the shapes and
 the backend (and, through ``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
 ``STACK_TAPS``, ``PHASE_FEW_TAPS`` and ``STRIP_KERNEL_GRADIENTS``, of the host
-CPU's vendor and whether it has AVX-512, read once per process); a user can
+CPU's vendor and whether it has AVX-512, and through
+``XLA_YNNPACK_CONVOLUTIONS`` of which kernel XLA uses for 2-D convolutions,
+each read once per process); a user can
 force an algorithm with the ``algorithm=`` keyword or the ``use_algorithm``
 context manager. A forced algorithm is used for every convolution of the rule
 whose shape it supports (at most ``MAX_UNROLLED`` taps, output positions,
@@ -165,6 +167,22 @@ STRIP_KERNEL_GRADIENTS = None
 STRIP_MIN_ELEMENTS = 400_000
 STRIP_MIN_WIDTH = 64
 STRIP_MIN_REUSE = 96
+
+# Whether XLA's own CPU kernel for a 2-D convolution is YNNPACK's. Since jax
+# 0.10 XLA hands 2-D channels-last float convolutions with more than 16
+# features and no input dilation to YNNPACK by default; with those turned
+# off (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_
+# TYPE_INDIVIDUAL_CONVOLUTION``) it uses its Eigen kernel, which on the
+# Intel CPU with AVX-512 took 0.3-0.7 of YNNPACK's time on the suite's dense
+# 2-D forward passes and input gradients and 0.2-0.8 on their kernel
+# gradients, matched the direct algorithms below on the first and beat them
+# on the kernel gradients and strided forward passes (docs/performance.md,
+# "XLA's two CPU kernels"). Every other rule of the policy was measured
+# against YNNPACK. ``None`` decides by
+# compiling one small probe convolution, once per process, and looking for a
+# YNNPACK fusion in it (``xla_convolutions_in_ynnpack``); ``True`` or
+# ``False`` forces it.
+XLA_YNNPACK_CONVOLUTIONS = None
 
 _ALGORITHM = contextvars.ContextVar("jaxconv_algorithm", default="auto")
 
@@ -267,6 +285,32 @@ def _phase_few_taps() -> bool:
 
 def _strip_kernel_gradients() -> bool:
   return _on_intel_avx512(STRIP_KERNEL_GRADIENTS)
+
+
+@functools.cache
+def xla_convolutions_in_ynnpack() -> bool:
+  """Whether XLA's CPU backend, as configured in this process (``XLA_FLAGS``),
+  hands a 2-D convolution to YNNPACK: compiles a 32-feature 3x3 one, once,
+  and looks for a YNNPACK fusion in the optimised program. Options given to
+  one ``jax.jit`` (``compiler_options=``) are not seen here; set
+  ``XLA_YNNPACK_CONVOLUTIONS`` for those. Where this process has no CPU
+  backend to compile on, XLA's default: ``True``."""
+  try:
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  except RuntimeError:
+    return True
+  x = jax.ShapeDtypeStruct((1, 8, 8, 32), jnp.float32, sharding=cpu)
+  w = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32, sharding=cpu)
+  probe = jax.jit(functools.partial(
+      lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  return "ynn_fusion" in probe.lower(x, w).compile().as_text()
+
+
+def _xla_in_ynnpack() -> bool:
+  if XLA_YNNPACK_CONVOLUTIONS is None:
+    return xla_convolutions_in_ynnpack()
+  return bool(XLA_YNNPACK_CONVOLUTIONS)
 
 
 def _spatial(shape, spec):
@@ -380,6 +424,15 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     or input dilation, as in the kernel gradient of a depthwise convolution
     (or of one with more than 32 groups): ``"window_dot"`` (XLA's CPU
     kernel is slowest exactly there);
+  * where XLA's own kernel for 2-D convolutions is its Eigen one rather
+    than YNNPACK's (``XLA_YNNPACK_CONVOLUTIONS``; YNNPACK's is XLA's
+    default since jax 0.10), a dense 2-D convolution without input
+    dilation: ``"xla"``. On the Intel CPU with AVX-512 the Eigen kernel
+    took 0.3-0.7 of YNNPACK's time on the suite's dense 2-D passes and
+    beat the folded, stacked, strip and chunked forms below, which were
+    measured against YNNPACK's (forward+backward of the 3x3 64->64 layer
+    in runs one after the other: 48 against 71 ms at batch 8 with the
+    rules below, 225 against 256 ms at batch 32);
   * the kernel gradient of a channels-last 2-D layer (eq. 71) with an
     operand of at least ``STRIP_MIN_ELEMENTS`` elements, strip patches at
     least ``STRIP_MIN_WIDTH`` wide (input features times kernel columns)
@@ -489,6 +542,9 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
                         and (grouped or dilated_input)):
     if supports("window_dot", geometry, lhs_shape, rhs_shape, out_shape):
       return "window_dot"
+  if (len(geometry.padding) == 2 and not grouped and not dilated_input
+      and not _xla_in_ynnpack()):
+    return "xla"
   largest = max(math.prod(lhs_shape), math.prod(rhs_shape),
                 math.prod(out_shape))
   if (largest >= STRIP_MIN_ELEMENTS and _strip_kernel_gradients()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
+import subprocess
+import sys
 
 import hypothesis
 import hypothesis.strategies as st
@@ -1064,3 +1067,102 @@ def test_default_choice_is_a_pure_function_of_geometry(monkeypatch):
                 feature_group_count=64) == "xla"
   assert choice((8, 56, 56, 256), (1, 1, 256, 64), "cpu",
                 algorithm="xla") == "xla"
+
+
+@pytest.mark.parametrize("ynnpack", [True, False])
+def test_xla_kernel_where_ynnpack_is_off(ynnpack, monkeypatch):
+  """Where XLA's 2-D convolutions are not YNNPACK's but its Eigen kernel's
+  (XLA_YNNPACK_CONVOLUTIONS), the dense 2-D convolutions without input
+  dilation go to XLA: forward passes and kernel gradients, folded, stacked,
+  in strips or in chunks otherwise. What XLA does slowly either way stays
+  direct: the strided input gradients (phased, or chunked for the stem),
+  1x1 and depthwise kernels, groups, a transposed layer's phases, 3-D
+  layers (folded into 2-D planes)."""
+  monkeypatch.setattr(_algorithms, "XLA_YNNPACK_CONVOLUTIONS", ynnpack)
+  assert _algorithms._xla_in_ynnpack() is ynnpack
+  for batch in (8, 32):
+    dense = _default_choices((batch, 56, 56, 64), (3, 3, 64, 64))
+    strided = _default_choices((batch, 56, 56, 64), (3, 3, 64, 128), 2)
+    stem = _default_choices((batch, 224, 224, 3), (7, 7, 3, 64), 2)
+    if ynnpack:
+      assert "xla" not in dense, dense
+      assert strided[2] != "xla", strided
+    else:
+      assert dense == ("xla", "xla", "xla")
+      assert strided[0] == strided[2] == "xla"
+      assert stem[0] == stem[2] == "xla"
+    assert strided[1] in ("phased", "chunked", "xla")
+    assert stem[1] == "chunked"
+    assert _default_choices((batch, 56, 56, 256), (1, 1, 256, 64)) == (
+        "shifted", "shifted", "window_dot")
+    for backend in ("gpu", "tpu"):
+      assert _default_choices((batch, 56, 56, 64), (3, 3, 64, 64),
+                              backend=backend) == ("xla", "xla", "xla")
+  for per_group, groups, expected in ((32, 4, "split_groups"),
+                                      (1, 128, "shifted")):
+    kernel = (3, 3, per_group, 128)
+    grouped = jaxconv.make_conv_geometry(
+        (8, 28, 28, 128), kernel, (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups)
+    assert jaxconv.choose_algorithm(grouped, (8, 28, 28, 128), kernel,
+                                    (8, 28, 28, 128), "cpu") == expected
+  assert _default_choices((8, 16, 16, 16, 16), (3, 3, 3, 16, 32),
+                          layout=("NDHWC", "DHWIO", "NDHWC"))[0] == "folded"
+  transposed = jaxconv.make_conv_geometry(
+      (8, 28, 28, 64), (4, 4, 64, 32), (1, 1), ((2, 2), (2, 2)),
+      lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert jaxconv.choose_algorithm(transposed, (8, 28, 28, 64), (4, 4, 64, 32),
+                                  (8, 57, 57, 32), "cpu") == "phased"
+
+
+_PROBE = """
+import jax, jax.numpy as jnp, numpy as np, jaxconv
+from jax import lax
+from jaxconv import _algorithms
+x, w = jnp.ones((2, 9, 9, 32)), jnp.ones((3, 3, 32, 32)) / 9
+loss = lambda conv: lambda x, w: jnp.sum(conv(x, w) ** 2)
+ours = jax.jit(jax.grad(loss(lambda x, w: jaxconv.conv(x, w, padding="SAME")),
+                        (0, 1)))(x, w)      # the probe runs while tracing
+theirs = jax.grad(loss(lambda x, w: lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+                  (0, 1))(x, w)
+for a, b in zip(ours, theirs):
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+assert _algorithms.xla_convolutions_in_ynnpack.cache_info().currsize == 1
+print(_algorithms.xla_convolutions_in_ynnpack(), _algorithms.choose_algorithm(
+    jaxconv.make_conv_geometry(
+        (8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")),
+    (8, 56, 56, 64), (3, 3, 64, 64), (8, 56, 56, 64), "cpu"))
+"""
+
+
+@pytest.mark.parametrize("flag, in_ynnpack", [
+    ("=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", True),
+    ("=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", False),
+    ("=", False)])
+def test_probe_reads_the_xla_flags(flag, in_ynnpack):
+  """By default (XLA_YNNPACK_CONVOLUTIONS = None) a probe convolution
+  compiled once per process, the first time the policy asks (here while a
+  jitted gradient is traced, which still equals lax's), tells whether XLA
+  hands 2-D convolutions to YNNPACK, as XLA_FLAGS configure it: on, off
+  with YNNPACK's dots kept, all of YNNPACK off. The policy follows."""
+  flags = "--xla_cpu_experimental_ynn_fusion_type" + flag
+  result = subprocess.run(
+      [sys.executable, "-c", _PROBE], capture_output=True, text=True,
+      timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                        "XLA_FLAGS": flags})
+  assert result.returncode == 0, result.stderr
+  probe, choice = result.stdout.split()
+  assert probe == str(in_ynnpack)
+  assert (choice == "xla") is not in_ynnpack, choice
+
+
+def test_probe_without_a_cpu_backend(monkeypatch):
+  """With no CPU device to compile the probe on, the policy assumes XLA's
+  default, YNNPACK's kernel."""
+  def no_cpu(backend=None):
+    raise RuntimeError(f"Unknown backend {backend}")
+  monkeypatch.setattr(jax, "devices", no_cpu)
+  assert _algorithms.xla_convolutions_in_ynnpack.__wrapped__() is True

@@ -167,6 +167,22 @@ def test_benchmark_quick_run(tmp_path):
   # The machine, with what the folding policy reads from it.
   assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores, [^,]+, "
                    r"(no )?AVX-512( unknown)?\)", table), table.splitlines()[0]
+  # ... and which kernel XLA runs 2-D convolutions with.
+  assert results["xla_convolutions"] in ("ynnpack", "eigen")
+  assert "XLA's 2-D convolutions: " in table.splitlines()[0]
+
+
+def test_benchmark_without_ynnpack_convolutions(tmp_path):
+  """--no-ynnpack-convolutions turns XLA's YNNPACK convolutions off for the
+  process (XLA_FLAGS, before XLA starts), for lax and jaxconv alike: the
+  policy's probe sees it, and the table says so."""
+  python([EXPERIMENTS / "benchmark.py", "--quick", "--no-torch",
+          "--repeats", "1", "--only", "3x3", "--no-ynnpack-convolutions",
+          "--json", tmp_path / "rows.json", "--markdown", tmp_path / "t.md"],
+         tmp_path)
+  assert json.loads((tmp_path / "rows.json").read_text())[
+      "xla_convolutions"] == "eigen"
+  assert "XLA's 2-D convolutions: Eigen's" in (tmp_path / "t.md").read_text()
 
 
 _FAULTS_AFTER_FREE = """
@@ -226,7 +242,10 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
   kernel row at a time)."""
   bench = _experiment_module("benchmark_algorithms")
   assert bench.parse_variant("auto:FOLD_MIN_ELEMENTS=inf,CHUNK_SAMPLES=2") == (
-      "auto", {"FOLD_MIN_ELEMENTS": float("inf"), "CHUNK_SAMPLES": 2})
+      "auto", {"FOLD_MIN_ELEMENTS": float("inf"), "CHUNK_SAMPLES": 2}, None)
+  assert bench.parse_variant("auto:CHUNK_SAMPLES=2/eigen") == (
+      "auto", {"CHUNK_SAMPLES": 2, "XLA_YNNPACK_CONVOLUTIONS": 0},
+      bench.EIGEN)
   for bad in ("fastest", "auto:FOLD_MIN_ELEMENTS", "auto:NO_SUCH_CONSTANT=1",
               "auto:choose_algorithm=1", "auto:FOLD_MIN_ELEMENTS=many"):
     with pytest.raises(ValueError, match="--variant"):
@@ -248,6 +267,13 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
     assert (_algorithms.FOLD_MIN_ELEMENTS, _algorithms.FOLD_MIN_FEATURES) == (
         threshold, features)
   assert _algorithms.check_algorithm(None) == "auto"
+  # "/eigen": compiled without YNNPACK's convolutions, so XLA's own kernel
+  # is left in the program, and the policy told so while tracing.
+  for name, (f, _) in bench.pass_programs(
+      layer, 2, *bench.parse_variant("xla/eigen")).items():
+    assert "ynn_fusion" not in f.as_text(), name
+    assert re.search(r" convolution\(", f.as_text()), name
+  assert _algorithms.XLA_YNNPACK_CONVOLUTIONS is True   # pinned by conftest
 
   bench.main(["--small", "--only", "@16", "--batch", "8", "--repeats", "1",
               "--variant", "xla", "--variant", "folded"])
