@@ -233,8 +233,9 @@ def chosen_under(variant, layer, batch) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variant", action="append",
-                      help="ALGORITHM[:CONSTANT=VALUE,...][/eigen]; several, the "
-                      "first is the reference (default: xla, auto)")
+                      help="ALGORITHM[:CONSTANT=VALUE,...][/eigen]; "
+                      "several, the first is the reference (default: xla, "
+                      "auto)")
   parser.add_argument("--step", action="store_true",
                       help="time the whole forward+backward, not each pass")
   parser.add_argument("--small", action="store_true",

@@ -305,7 +305,7 @@ def xla_convolutions_in_ynnpack() -> bool:
     text = probe.lower(x, w).compile().as_text()
   except Exception:  # noqa: BLE001  (a policy hint must not fail a call)
     return True
-  return text is None or "ynn_fusion" in text
+  return "ynn_fusion" in text
 
 
 def _xla_in_ynnpack() -> bool:
