@@ -502,7 +502,7 @@ def make_conv_geometry(
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
       default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
       ``"phased"``, ``"split_groups"``, ``"chunked"``, ``"folded"``,
-      ``"stacked"`` or ``"strips"``.
+      ``"stacked"``, ``"strips"`` or ``"grown"``.
 
   Returns:
     A ``ConvGeometry``.
@@ -650,8 +650,8 @@ def conv_general_dilated(
     algorithm: how each convolution of the rule is evaluated: ``None`` (the
       ``use_algorithm`` setting, ``"auto"`` by default), ``"auto"``,
       ``"xla"``, ``"shifted"``, ``"window_dot"``, ``"phased"``,
-      ``"split_groups"``, ``"chunked"``, ``"folded"``, ``"stacked"`` or
-      ``"strips"`` (see ``docs/performance.md``).
+      ``"split_groups"``, ``"chunked"``, ``"folded"``, ``"stacked"``,
+      ``"strips"`` or ``"grown"`` (see ``docs/performance.md``).
       The results are the same up to rounding.
 
   Returns:

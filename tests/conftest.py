@@ -1,6 +1,6 @@
 """Test configuration: float64 enabled so that lax in float64 can serve as
 oracle, the same property-based examples on every run, and the algorithm
-policy pinned to XLA's default CPU kernel."""
+policy pinned to XLA's default CPU kernel, without "grown"."""
 
 import os
 
@@ -26,7 +26,11 @@ hypothesis.settings.load_profile(
 def _policy_measured_with_ynnpack(monkeypatch):
   """The policy's rules were measured with XLA's default CPU kernel for 2-D
   convolutions, YNNPACK's, and the tests that name its choices expect those:
-  pinned here, so that they hold under any ``XLA_FLAGS``. The tests of the
-  other setting set it themselves; the probe that decides it by default is
-  tested in fresh interpreters (test_conv.py)."""
+  pinned here, so that they hold under any ``XLA_FLAGS`` and jax version;
+  so is "grown" off (``GROW_OUTPUTS``), the rule that steps around YNNPACK
+  and that comes before most of them. The tests of the other settings set
+  them themselves; the probes that decide them by default are tested in
+  fresh interpreters (test_conv.py), and "grown" runs with the other
+  algorithms against the oracles."""
   monkeypatch.setattr(_algorithms, "XLA_YNNPACK_CONVOLUTIONS", True)
+  monkeypatch.setattr(_algorithms, "GROW_OUTPUTS", False)

@@ -1133,7 +1133,9 @@ theirs = jax.grad(loss(lambda x, w: lax.conv_general_dilated(
 for a, b in zip(ours, theirs):
   np.testing.assert_allclose(a, b, rtol=1e-5)
 assert _algorithms.xla_convolutions_in_ynnpack.cache_info().currsize == 1
-print(_algorithms.xla_convolutions_in_ynnpack(), _algorithms.choose_algorithm(
+print(_algorithms.xla_convolutions_in_ynnpack(),
+      _algorithms.grown_convolutions_leave_ynnpack(),
+      _algorithms.choose_algorithm(
     jaxconv.make_conv_geometry(
         (8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC")),
@@ -1150,22 +1152,138 @@ def test_probe_reads_the_xla_flags(flag, in_ynnpack):
   compiled once per process, the first time the policy asks (here while a
   jitted gradient is traced, which still equals lax's), tells whether XLA
   hands 2-D convolutions to YNNPACK, as XLA_FLAGS configure it: on, off
-  with YNNPACK's dots kept, all of YNNPACK off. The policy follows."""
+  with YNNPACK's dots kept, all of YNNPACK off. The policy follows: "xla"
+  where they are off, "grown" where they are on and a second probe
+  (GROW_OUTPUTS = None) finds that a grown output leaves YNNPACK."""
   flags = "--xla_cpu_experimental_ynn_fusion_type" + flag
   result = subprocess.run(
       [sys.executable, "-c", _PROBE], capture_output=True, text=True,
       timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu",
                         "XLA_FLAGS": flags})
   assert result.returncode == 0, result.stderr
-  probe, choice = result.stdout.split()
+  probe, grown, choice = result.stdout.split()
   assert probe == str(in_ynnpack)
   assert (choice == "xla") is not in_ynnpack, choice
+  assert (choice == "grown") is (in_ynnpack and grown == "True"), choice
 
 
 def test_probe_without_a_cpu_backend(monkeypatch):
-  """With no CPU device to compile the probe on, the policy assumes XLA's
-  default, YNNPACK's kernel."""
+  """With no CPU device to compile the probes on, the policy assumes XLA's
+  default, YNNPACK's kernel, and does not grow outputs."""
   def no_cpu(backend=None):
     raise RuntimeError(f"Unknown backend {backend}")
   monkeypatch.setattr(jax, "devices", no_cpu)
   assert _algorithms.xla_convolutions_in_ynnpack.__wrapped__() is True
+  assert _algorithms.grown_convolutions_leave_ynnpack.__wrapped__() is False
+
+
+def _geometry_and_out(lhs_shape, rhs_shape, stride=1, padding="SAME",
+                      rhs_dilation=None, layout=("NHWC", "HWIO", "NHWC")):
+  geometry = jaxconv.make_conv_geometry(
+      lhs_shape, rhs_shape, stride, padding, rhs_dilation=rhs_dilation,
+      dimension_numbers=layout)
+  return geometry, jaxconv.conv_output_shape(geometry, lhs_shape, rhs_shape)
+
+
+def test_growth_plan():
+  """"grown" grows the dimension that needs the fewest extra output
+  positions for its length (N - Q + 1 of Q), none where the output is
+  longer already, and is unavailable with input dilation; the policy takes
+  it only where that costs at most GROW_MAX_FRACTION."""
+  cases = [
+      ((8, 56, 56, 64), (3, 3, 64, 64), 1, "SAME", None, (0, 1), True),
+      ((8, 56, 56, 64), (3, 3, 64, 64), 1, "VALID", None, (0, 3), True),
+      ((8, 8, 64, 64), (3, 3, 64, 64), 1, "SAME", None, (1, 1), True),
+      ((8, 28, 28, 64), (3, 3, 64, 64), 1, "SAME", (2, 2), (0, 1), True),
+      ((8, 28, 28, 64), (7, 7, 64, 64), 1, "VALID", None, (0, 7), False),
+      ((8, 56, 56, 64), (3, 3, 64, 128), 2, "SAME", None, (0, 29), False),
+      ((8, 56, 56, 64), (3, 3, 64, 64), 1, ((2, 2), (1, 1)), None, (0, 0),
+       True),
+  ]
+  for lhs, rhs, stride, padding, dilation, growth, cheap in cases:
+    geometry, out = _geometry_and_out(lhs, rhs, stride, padding, dilation)
+    assert _algorithms._growth(geometry, lhs, out) == growth, (lhs, padding)
+    assert _algorithms._cheap_growth(geometry, lhs, out) is cheap
+    assert _algorithms.supports("grown", geometry, lhs, rhs, out)
+  strided, _ = _geometry_and_out((8, 56, 56, 64), (3, 3, 64, 128), 2)
+  dx = jaxconv.convolution.input_gradient_geometry(
+      strided, (8, 56, 56, 64), (3, 3, 64, 128))
+  assert not _algorithms.supports("grown", dx, (8, 28, 28, 128),
+                                  (3, 3, 64, 128), (8, 56, 56, 64))
+
+
+@pytest.mark.parametrize("grow", [False, True])
+def test_grown_where_told(grow, monkeypatch):
+  """GROW_OUTPUTS (by default: where a probe finds that a grown output
+  leaves YNNPACK) puts "grown" before the stacked, folded and chunked forms
+  for dense 2-D forward passes and input gradients contracting at least
+  GROW_MIN_FEATURES features, where one more row or a few suffice: not for
+  kernel gradients (whose output, the kernel, is far shorter than their
+  input), strided forward passes, layers of 32 features, 1-D layers, 3-D
+  layers themselves (their planes follow the 2-D rules), other backends,
+  nor where YNNPACK's convolutions are off."""
+  monkeypatch.setattr(_algorithms, "GROW_OUTPUTS", grow)
+  monkeypatch.setattr(_algorithms, "STRIP_KERNEL_GRADIENTS", True)
+  for batch in (8, 32):
+    dense = _default_choices((batch, 56, 56, 64), (3, 3, 64, 64))
+    assert (dense[:2] == ("grown", "grown")) is grow, dense
+    assert dense[2] == "strips"
+    strided = _default_choices((batch, 56, 56, 64), (3, 3, 64, 128), 2)
+    assert strided[0] != "grown" and strided[2] == "strips", strided
+    narrow = _default_choices((batch, 56, 56, 32), (3, 3, 32, 32))
+    assert "grown" not in narrow, narrow
+    geometry, out = _geometry_and_out((batch, 28, 28, 64), (3, 3, 64, 64),
+                                      rhs_dilation=(2, 2))
+    dilated = jaxconv.choose_algorithm(geometry, (batch, 28, 28, 64),
+                                       (3, 3, 64, 64), out, "cpu")
+    assert (dilated == "grown") is grow, dilated
+    assert "grown" not in _default_choices(
+        (batch, 16, 16, 16, 64), (3, 3, 3, 64, 64),
+        layout=("NDHWC", "DHWIO", "NDHWC"))
+    assert "grown" not in _default_choices(
+        (batch, 256, 64), (5, 64, 64), layout=("NWC", "WIO", "NWC"))
+    for backend in ("gpu", "tpu"):
+      assert _default_choices((batch, 56, 56, 64), (3, 3, 64, 64),
+                              backend=backend) == ("xla", "xla", "xla")
+  monkeypatch.setattr(_algorithms, "XLA_YNNPACK_CONVOLUTIONS", False)
+  assert _default_choices((8, 56, 56, 64), (3, 3, 64, 64)) == (
+      "xla", "xla", "xla")
+
+
+def test_grown_convolutions_leave_ynnpack(monkeypatch):
+  """What "grown" is for, checked against this process's XLA: a 2-D
+  convolution with the output grown past the input compiles to no YNNPACK
+  fusion exactly where the probe says so, while the same convolution as
+  it is does reach YNNPACK where the other probe says that. And the
+  policy's gradients with "grown" chosen equal lax's, for a "same" and a
+  "valid" layer, in NHWC and NCHW."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 40, 36, 64)),
+                  jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 64, 64)),
+                  jnp.float32) / 24
+  for algorithm, expected in (
+      ("grown", not _algorithms.grown_convolutions_leave_ynnpack()),
+      ("xla", _algorithms.xla_convolutions_in_ynnpack())):
+    f = jax.jit(functools.partial(jaxconv.conv, padding="SAME",
+                                  algorithm=algorithm))
+    text = f.lower(x, w).compile().as_text()
+    assert ("ynn_fusion" in text) is expected, algorithm
+  monkeypatch.setattr(_algorithms, "GROW_OUTPUTS", True)
+  for padding in ("SAME", "VALID"):
+    for layout in (("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")):
+      lhs = x if layout[0] == "NHWC" else jnp.transpose(x, (0, 3, 1, 2))
+      rhs = w if layout[1] == "HWIO" else jnp.transpose(w, (3, 2, 0, 1))
+      geometry, out = _geometry_and_out(lhs.shape, rhs.shape, 1, padding,
+                                        layout=layout)
+      assert jaxconv.choose_algorithm(geometry, lhs.shape, rhs.shape, out,
+                                      "cpu") == "grown", (padding, layout)
+      def loss(conv):
+        return lambda a, b: jnp.sum(jnp.sin(conv(a, b)))
+      ours = jax.jit(jax.grad(loss(functools.partial(
+          jaxconv.conv_general_dilated, window_strides=(1, 1),
+          padding=padding, dimension_numbers=layout)), (0, 1)))(lhs, rhs)
+      theirs = jax.grad(loss(functools.partial(
+          lax.conv_general_dilated, window_strides=(1, 1), padding=padding,
+          dimension_numbers=layout)), (0, 1))(lhs, rhs)
+      for a, b in zip(ours, theirs):
+        assert_close(a, b, jnp.float32)
