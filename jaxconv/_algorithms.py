@@ -1474,13 +1474,15 @@ def strips(lhs, rhs, geometry, out_shape):
   return y.astype(geometry.preferred_element_type or lhs.dtype)
 
 
-# An output grown past the input (see GROW_OUTPUTS): in spatial dimension i
-# the output has Q_i = floor((N_i + lo_i + hi_i - d_i (K_i - 1) - 1) / s_i) + 1
-# positions; e more of them, read from e s_i more zeros of padding at the far
-# end (hi_i + e s_i), leave the first Q_i unchanged, so slicing them back
+# An output grown past the input, eq. (74) (see GROW_OUTPUTS). In spatial
+# dimension i the output has
+#   Q_i = floor((N_i + lo_i + hi_i - d_i (K_i - 1) - 1) / s_i) + 1
+# positions. e more of them come from e s_i more elements at the far end
+# (hi_i + e s_i: zeros of padding, or input that a negative hi_i had
+# cropped); the first Q_i never read that far, so slicing the e back off
 # gives eq. (5) exactly. Growing the dimension that needs the fewest extra
-# positions for its length, e = N_i - Q_i + 1, makes the output longer than
-# the input there.
+# positions for its length, e = N_i - Q_i + 1, makes the output longer
+# than the input there.
 def _growth(geometry, lhs_shape, out_shape):
   """``(i, e)``: the spatial dimension to grow and by how many output
   positions, the fewest for its length (``e = 0`` where the output is
