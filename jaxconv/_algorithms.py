@@ -144,25 +144,27 @@ FOLD_KERNEL_GRADIENTS = None
 
 # "folded" in the "taps" form for a layer strided in its first spatial
 # dimension too (the forward pass of a stride-2 layer): ``None`` decides by
-# the host, yes on an Intel CPU with AVX-512, where it measured faster, no
-# elsewhere (on the AMD CPUs, with AVX-512 or without, strided rows were no
-# faster); ``True`` or ``False`` forces it.
+# the host, yes on an x86 CPU with AVX-512 (measured faster on an Intel Xeon
+# and, together with the three rules below, on an AMD EPYC), no elsewhere
+# (on the AMD CPU without AVX-512 strided rows were no faster); ``True`` or
+# ``False`` forces it.
 FOLD_STRIDED = None
 
 # "stacked" in place of "folded" where the fold is in the "taps" form (eq.
 # 72: one convolution with the kernel's rows stacked on its output features
 # instead of one per kernel row; with a stride, one per row phase, eq. 73):
-# ``None`` decides by the host, yes on an Intel CPU with AVX-512, where it
-# measured faster, no elsewhere (not measured); ``True`` or ``False`` forces
-# it.
+# ``None`` decides by the host, yes on an x86 CPU with AVX-512, where it
+# measured faster (Intel Xeon, AMD EPYC), no elsewhere (not measured);
+# ``True`` or ``False`` forces it.
 STACK_TAPS = None
 
 # "phased" for input dilation a with fewer than 2a taps in a dilated
 # dimension too (the input gradient of a 3x3 stride-2 layer, whose phases
-# have one or two taps): ``None`` decides by the host, yes on an Intel CPU
-# with AVX-512, where it measured faster (the phases' own convolutions
-# folded or stacked), no elsewhere (XLA's kernel measured as fast or faster
-# on the AMD CPUs); ``True`` or ``False`` forces it.
+# have one or two taps): ``None`` decides by the host, yes on an x86 CPU
+# with AVX-512, where it measured faster with the phases' own convolutions
+# folded or stacked (Intel Xeon, AMD EPYC), no elsewhere (XLA's kernel
+# measured as fast or faster on the AMD CPUs against phases with XLA's
+# kernel inside); ``True`` or ``False`` forces it.
 PHASE_FEW_TAPS = None
 
 # "strips" for the kernel gradients of channels-last 2-D layers (eq. 71)
@@ -170,8 +172,8 @@ PHASE_FEW_TAPS = None
 # patches are at least STRIP_MIN_WIDTH wide (input features times kernel
 # columns) and each patch element is used at least STRIP_MIN_REUSE times
 # (kernel rows times output features): ``None`` decides by the host, yes on
-# an Intel CPU with AVX-512, where it was measured faster, no elsewhere
-# (not measured); ``True`` or ``False`` forces it.
+# an x86 CPU with AVX-512, where it was measured faster (Intel Xeon, AMD
+# EPYC), no elsewhere (not measured); ``True`` or ``False`` forces it.
 STRIP_KERNEL_GRADIENTS = None
 STRIP_MIN_ELEMENTS = 400_000
 STRIP_MIN_WIDTH = 64
@@ -287,26 +289,27 @@ def _fold_kernel_gradients() -> bool:
   return bool(FOLD_KERNEL_GRADIENTS)
 
 
-def _on_intel_avx512(setting) -> bool:
-  """A rule measured on the Intel machine only: ``None`` decides by the host
-  (an Intel CPU with AVX-512), ``True`` or ``False`` forces it."""
-  return _intel_avx512() if setting is None else bool(setting)
+def _on_avx512(setting) -> bool:
+  """A rule measured on the x86 CPUs with AVX-512 (an Intel Xeon, an AMD
+  EPYC): ``None`` decides by the host (``host_has_avx512``; an unknown
+  CPU, no), ``True`` or ``False`` forces it."""
+  return host_has_avx512() is True if setting is None else bool(setting)
 
 
 def _fold_strided() -> bool:
-  return _on_intel_avx512(FOLD_STRIDED)
+  return _on_avx512(FOLD_STRIDED)
 
 
 def _stack_taps() -> bool:
-  return _on_intel_avx512(STACK_TAPS)
+  return _on_avx512(STACK_TAPS)
 
 
 def _phase_few_taps() -> bool:
-  return _on_intel_avx512(PHASE_FEW_TAPS)
+  return _on_avx512(PHASE_FEW_TAPS)
 
 
 def _strip_kernel_gradients() -> bool:
-  return _on_intel_avx512(STRIP_KERNEL_GRADIENTS)
+  return _on_avx512(STRIP_KERNEL_GRADIENTS)
 
 
 def _probe_in_ynnpack(padding) -> bool | None:
@@ -450,11 +453,12 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     convolution: ``"phased"`` (eq. 23). With fewer taps per phase (the input
     gradient of a 3x3 stride-2 layer) or few output features (the input
     gradient of an RGB stem) XLA's dilated kernel measured as fast or faster
-    on the AMD CPUs; on an Intel CPU with AVX-512 the phases of the 3x3
-    stride-2 layers' input gradients, their own convolutions folded or
-    stacked, took 0.60-0.86 of its time alone and the 64->128 layer's whole
-    step 0.89-0.96, so there fewer taps per phase are phased too
-    (``PHASE_FEW_TAPS``). A 1x1 kernel with input dilation (the input
+    on the AMD CPUs than phases running XLA's kernel inside; on the x86
+    CPUs with AVX-512 the phases of the 3x3 stride-2 layers' input
+    gradients, their own convolutions folded or stacked, took 0.60-0.86 of its time alone on an Intel Xeon
+    and 0.42-0.87 on an AMD EPYC, and the 64->128 layer's whole step
+    0.89-0.96 on the Intel one, so there fewer taps per phase are phased
+    too (``PHASE_FEW_TAPS``). A 1x1 kernel with input dilation (the input
     gradient of a strided 1x1 layer) is phased on every CPU: one phase meets
     the kernel and the others are zeros, where ``"shifted"`` would multiply
     the whole dilated input (256->512 at 56x56: 0.28-0.32 of the time alone);
@@ -502,15 +506,17 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     least ``STRIP_MIN_WIDTH`` wide (input features times kernel columns)
     and at least ``STRIP_MIN_REUSE`` multiply-adds per patch element
     (kernel rows times output features), where ``STRIP_KERNEL_GRADIENTS``
-    says so (by default on an Intel CPU with AVX-512): ``"strips"``. There,
-    alone, it took 0.54-0.71 of the time of the folded or chunked kernel
-    gradient on the dense, strided, dilated and grouped layers at batch
-    32, 0.62-0.71 on the dense and strided ones at batch 8 and 0.87-0.92
-    on the dilated one; it was 1.07x slower on a 32-feature layer of
-    262 144 elements (so the size), even or slower on the RGB stem (3
-    features x 7 columns: so the width), and 1.12-1.56x slower in the
-    whole step on the transposed layer, whose kernel-gradient phases have
-    2 rows of 32 output features (so the reuse);
+    says so (by default on an x86 CPU with AVX-512): ``"strips"``. On an
+    Intel Xeon, alone, it took 0.54-0.71 of the time of the folded or
+    chunked kernel gradient on the dense, strided, dilated and grouped
+    layers at batch 32, 0.62-0.71 on the dense and strided ones at batch 8
+    and 0.87-0.92 on the dilated one; on an AMD EPYC 0.64-0.87 of XLA's
+    (YNNPACK's) or chunked time on the dense, strided and dilated layers.
+    It was 1.07x slower on a 32-feature layer of 262 144 elements (so the
+    size), even or slower on the RGB stem (3 features x 7 columns: so the
+    width), and 1.12-1.56x slower in the whole step on the transposed
+    layer, whose kernel-gradient phases have 2 rows of 32 output features
+    (so the reuse);
   * a dense convolution with an operand or output of at least
     ``CHUNK_MIN_ELEMENTS`` elements and more samples than one chunk holds
     (``chunk_samples``): ``"chunked"`` (XLA's CPU kernel measured 1.2-2.3x
@@ -524,7 +530,7 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     ``FOLD_KERNEL_GRADIENTS`` says so, an operand or
     output of at least ``FOLD_MIN_ELEMENTS`` elements, no input dilation in
     the first spatial dimension and, in the "taps" form, stride 1 there
-    unless ``FOLD_STRIDED`` says so (by default on an Intel CPU with
+    unless ``FOLD_STRIDED`` says so (by default on an x86 CPU with
     AVX-512): ``"folded"``, convolutions of one dimension fewer, themselves
     chosen by this policy (so a chunk is folded, and a 3-D one folds into 2-D
     convolutions that fold again where they contract enough features).
@@ -545,12 +551,16 @@ def choose_algorithm(geometry, lhs_shape, rhs_shape, out_shape,
     ``host_cpu_vendor``).
     With input dilation in the first dimension (a strided layer's input
     gradient) rows measured 2-4x slower. Strided rows (the forward pass of
-    a stride-2 layer) were no faster on the AMD CPUs; on the Intel one the
-    3x3 stride-2 64->128 layer's forward pass took 0.54-0.90 of XLA's time
-    alone at batch 8 and its whole step 0.82-0.93 at batches 8 and 32.
-    Where such a 2-D fold is in the "taps" form and ``STACK_TAPS`` says so
-    (by default on an Intel CPU with AVX-512): ``"stacked"``, the same sum
-    as one convolution (eq. 72), or one per row phase where the first
+    a stride-2 layer) were no faster on the AMD CPU without AVX-512; on an
+    Intel Xeon with it the 3x3 stride-2 64->128 layer's forward pass took
+    0.54-0.90 of XLA's time alone at batch 8 and its whole step 0.82-0.93
+    at batches 8 and 32. On an AMD EPYC with AVX-512, that layer's forward
+    pass stacked by row phase and its input gradient in phases took its
+    step to 0.83-0.91 of XLA's time, and with the kernel gradient in strips
+    to 0.71-0.85 at batches 8 and 32, the suite's other layers within
+    noise. Where such a 2-D fold is in the "taps" form and ``STACK_TAPS``
+    says so (by default on an x86 CPU with AVX-512): ``"stacked"``, the
+    same sum as one convolution (eq. 72), or one per row phase where the first
     dimension is strided (eq. 73), which there took 0.72-0.89 of the folded
     time alone on the 3x3 64->64 layers, 0.44-0.71 on the dilated ones and
     0.83-0.91 on the stride-2 one, their steps 0.81-0.94 (the stride-2

@@ -733,8 +733,10 @@ def test_cpuinfo_and_avx512(monkeypatch):
   a CPU without a flags line (ARM lists "Features"); ``host_cpu_vendor``
   reads its vendor_id. By default kernel gradients fold without AVX-512 and
   on Intel's AVX-512 CPUs, not on other AVX-512 ones nor an unknown CPU;
-  they go in strips, strided layers fold and folded kernel rows are
-  stacked on Intel's AVX-512 CPUs only."""
+  they go in strips, strided layers fold, folded kernel rows are stacked
+  and few-tap input gradients are phased on every AVX-512 CPU (Intel's,
+  AMD's, one of unknown vendor), not without AVX-512 nor on an unknown
+  CPU."""
   two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC"
          "\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n"
          "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f\n")
@@ -749,8 +751,8 @@ def test_cpuinfo_and_avx512(monkeypatch):
       (intel + "flags\t\t: fpu avx512f avx512bw\n", True, "GenuineIntel",
        True, True),
       (amd + "flags\t\t: fpu avx512f avx512bw\n", True, "AuthenticAMD",
-       False, False),
-      ("flags\t\t: fpu avx512f\n", True, None, False, False),
+       False, True),
+      ("flags\t\t: fpu avx512f\n", True, None, False, True),
       (intel + "flags\t\t: fpu avx512fx\n", False, "GenuineIntel", True,
        False),
       ("processor\t: 0\nFeatures\t: fp asimd\n", None, None, False, False),
@@ -826,7 +828,7 @@ def _default_choices(lhs_shape, rhs_shape, stride=1,
 
 @pytest.mark.parametrize("strided", [False, True])
 def test_strided_layers_fold_where_told(strided, monkeypatch):
-  """FOLD_STRIDED (by default: on an Intel CPU with AVX-512) folds the
+  """FOLD_STRIDED (by default: on a CPU with AVX-512) folds the
   forward pass of a layer strided in its first spatial dimension, in the
   "taps" form, where it would fold unstrided: 64 contracted features and
   FOLD_MIN_ELEMENTS. The RGB stem (3 features), the input gradient (input
@@ -869,7 +871,7 @@ def test_strided_layers_fold_where_told(strided, monkeypatch):
 
 @pytest.mark.parametrize("stack", [False, True])
 def test_taps_stacked_where_told(stack, monkeypatch):
-  """STACK_TAPS (by default: on an Intel CPU with AVX-512) puts "stacked" in
+  """STACK_TAPS (by default: on a CPU with AVX-512) puts "stacked" in
   place of a 2-D fold in the "taps" form (the forward pass and the input
   gradient of a 3x3 stride-1 layer, the forward pass of a strided one); a
   3-D fold, NCHW's "positions" form and the GPU are left as they were."""
@@ -893,7 +895,7 @@ def test_taps_stacked_where_told(stack, monkeypatch):
 
 @pytest.mark.parametrize("few", [False, True])
 def test_few_tap_phases_where_told(few, monkeypatch):
-  """PHASE_FEW_TAPS (by default: on an Intel CPU with AVX-512) splits the
+  """PHASE_FEW_TAPS (by default: on a CPU with AVX-512) splits the
   input gradient of a 3x3 stride-2 layer into phases (eq. 23), though they
   have only one or two taps each; a strided 1x1 layer's input gradient is
   phased on every CPU (one phase meets the kernel, the others are zeros);
@@ -953,7 +955,7 @@ def test_few_tap_phases_match_lax(case, dtype, monkeypatch):
 
 @pytest.mark.parametrize("strips", [False, True])
 def test_kernel_gradients_in_strips_where_told(strips, monkeypatch):
-  """STRIP_KERNEL_GRADIENTS (by default: on an Intel CPU with AVX-512) puts
+  """STRIP_KERNEL_GRADIENTS (by default: on a CPU with AVX-512) puts
   the kernel gradients of channels-last 2-D layers in strips where their
   patches are at least STRIP_MIN_WIDTH wide, each patch element meets at
   least STRIP_MIN_REUSE kernel rows x output features and an operand has
