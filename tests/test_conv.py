@@ -745,7 +745,7 @@ def test_cpuinfo_and_avx512(monkeypatch):
   assert _algorithms.cpuinfo_field(two, "microcode") is None
   assert _algorithms.host_has_avx512() in (True, False, None)
   intel, amd = "vendor_id\t: GenuineIntel\n", "vendor_id\t: AuthenticAMD\n"
-  for text, avx512, vendor, fold, strips in (
+  for text, avx512, vendor, fold, avx512_rules in (
       (two, False, "AuthenticAMD", True, False),
       (intel + "flags\t\t: fpu avx2\n", False, "GenuineIntel", True, False),
       (intel + "flags\t\t: fpu avx512f avx512bw\n", True, "GenuineIntel",
@@ -763,10 +763,10 @@ def test_cpuinfo_and_avx512(monkeypatch):
     for constant, decide, default in (
         ("FOLD_KERNEL_GRADIENTS", _algorithms._fold_kernel_gradients, fold),
         ("STRIP_KERNEL_GRADIENTS", _algorithms._strip_kernel_gradients,
-         strips),
-        ("FOLD_STRIDED", _algorithms._fold_strided, strips),
-        ("STACK_TAPS", _algorithms._stack_taps, strips),
-        ("PHASE_FEW_TAPS", _algorithms._phase_few_taps, strips)):
+         avx512_rules),
+        ("FOLD_STRIDED", _algorithms._fold_strided, avx512_rules),
+        ("STACK_TAPS", _algorithms._stack_taps, avx512_rules),
+        ("PHASE_FEW_TAPS", _algorithms._phase_few_taps, avx512_rules)):
       monkeypatch.setattr(_algorithms, constant, None)
       assert decide() is default, (constant, text)
       for forced in (False, True):
