@@ -36,14 +36,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
 
-import jaxconv  # noqa: E402
-from jaxconv import explain, reference  # noqa: E402
+import jaxconv
+from jaxconv import explain, reference
 
 jax.config.update("jax_enable_x64", True)
 
@@ -283,8 +283,9 @@ def pooling() -> Path:
   upstream = np.array([[1.0, 2.0], [3.0, 4.0]])
   rows = []
   for kind, pool in (("max", jaxconv.max_pool), ("average", jaxconv.avg_pool)):
-    pooled, vjp = jax.vjp(lambda a: pool(a[..., None], (2, 2), 2)[..., 0],
-                          jnp.asarray(x))
+    pooled, vjp = jax.vjp(
+        lambda a, pool=pool: pool(a[..., None], (2, 2), 2)[..., 0],
+        jnp.asarray(x))
     (grad,) = vjp(jnp.asarray(upstream))
     pooled, grad = np.asarray(pooled), np.asarray(grad)
     # Check against the rule written out: routing to the first largest entry

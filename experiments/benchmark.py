@@ -1,25 +1,29 @@
 """Benchmark: jaxconv's convolutions against jax.grad of lax (and PyTorch).
 
-For each layer of the suite and each batch size, in one run and interleaved:
-compile time, forward time and forward+backward time (median of --repeats
-timed calls after a warm-up, each ended by ``block_until_ready``) of
+For each layer of the suite and each batch size, in one run and interleaved
+(``timing.interleaved``): compile time, forward time and forward+backward
+time of
 
-* jaxconv (the default algorithm choice; the chosen algorithms are listed),
+* jaxconv (the host's policy; the chosen algorithms are listed),
 * ``jax.grad`` of ``lax.conv_general_dilated`` / ``lax.conv_transpose``,
 * PyTorch on the CPU, when ``torch`` is importable,
 
 plus GFLOP/s of the forward+backward, the temporary memory XLA reports for
 the compiled forward+backward, and the minor page faults per forward+backward
-call (printed per layer and in the JSON file). The forward+backward returns
-the output with both gradients, as a training step does. Ratios are jaxconv
-/ lax (below 1: jaxconv is faster). Writes a Markdown table (``--markdown``),
-a JSON file (``--json``) and a bar chart of the ratios (``--plot``).
+call. The forward+backward returns the output with both gradients, as a
+training step does. Ratios are jaxconv / lax (below 1: jaxconv is faster).
 
     python experiments/benchmark.py                  # the whole suite
+    python experiments/benchmark.py --record         # ... as this machine's record
     python experiments/benchmark.py --quick          # a few small layers
     python experiments/benchmark.py --only depthwise --batch 8
     python experiments/benchmark.py --keep-freed-memory   # glibc keeps freed memory
     python experiments/benchmark.py --no-ynnpack-convolutions  # XLA's Eigen kernel
+
+``--record`` writes the table to ``docs/benchmarks/layers-<machine>.md`` (with
+the command and the machine) and the chart to
+``docs/figures/benchmark-layers-<machine>.png``, where ``<machine>`` is the
+host's policy preset (its CPU class), with ``-eigen`` for XLA's Eigen kernel.
 """
 
 from __future__ import annotations
@@ -32,10 +36,8 @@ import functools
 import json
 import math
 import os
-import platform
-import resource
 import sys
-import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,10 @@ import numpy as np
 from jax import lax
 
 import jaxconv
-from jaxconv import _algorithms
+
+import timing
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,33 +119,14 @@ def functions(layer: Layer):
 
 
 def chosen_algorithms(layer: Layer, batch: int) -> str:
-  """The algorithms the default policy picks: forward / input grad / kernel grad."""
+  """The algorithms jaxconv's policy picks for the layer's training step:
+  forward / input gradient / kernel gradient."""
   x_shape, w_shape = layer.shapes(batch)
   x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
   w = jax.ShapeDtypeStruct(w_shape, jnp.float32)
   ours, _ = functions(layer)
-  picked = []
-  depth = [0]
-  real = _algorithms.evaluate
-
-  def spy(lhs, rhs, geometry, out_shape):
-    # Only the rule's own three convolutions; "phased" evaluates its stride
-    # phases through evaluate() again.
-    if depth[0] == 0:
-      picked.append(_algorithms.choose_algorithm(geometry, lhs.shape,
-                                                 rhs.shape, out_shape))
-    depth[0] += 1
-    try:
-      return real(lhs, rhs, geometry, out_shape)
-    finally:
-      depth[0] -= 1
-
-  _algorithms.evaluate = spy
-  try:
-    jax.eval_shape(jax.grad(lambda x, w: jnp.sum(ours(x, w)), (0, 1)), x, w)
-  finally:
-    _algorithms.evaluate = real
-  return "/".join(picked)
+  step = jax.grad(lambda x, w: jnp.sum(ours(x, w)), (0, 1))
+  return "/".join(c.algorithm for c in jaxconv.chosen_algorithms(step, x, w))
 
 
 def flops(layer: Layer, batch: int, out_shape) -> float:
@@ -203,10 +189,11 @@ def keep_freed_memory() -> bool:
   "What each rule keeps"). This sets what ``MALLOC_MMAP_THRESHOLD_=1000000000
   MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_ARENA_MAX=1`` would: requests up
   to 1 GB come from the heap, which is given back to the system only when
-  more than 2 GB at its top are free, and every thread allocates from the main heap (a thread's own
-  heap is at most 64 MiB, and a larger request is mapped afresh whatever
-  the threshold). It applies to the whole process, PyTorch included, and
-  must run before the first computation starts XLA's threads.
+  more than 2 GB at its top are free, and every thread allocates from the
+  main heap (a thread's own heap is at most 64 MiB, and a larger request is
+  mapped afresh whatever the threshold). It applies to the whole process,
+  PyTorch included, and must run before the first computation starts XLA's
+  threads.
   """
   try:
     mallopt = ctypes.CDLL("libc.so.6").mallopt
@@ -232,7 +219,7 @@ def no_ynnpack_convolutions() -> bool:
   flags = os.environ.get("XLA_FLAGS", "")
   if NO_YNNPACK_CONVOLUTIONS not in flags.split():
     os.environ["XLA_FLAGS"] = (flags + " " + NO_YNNPACK_CONVOLUTIONS).strip()
-  return not _algorithms.xla_convolutions_in_ynnpack()
+  return xla_kernel() == "eigen"
 
 
 def forward_backward(f, x, w, cotangent):
@@ -250,12 +237,6 @@ def forward_backward(f, x, w, cotangent):
   return y, pullback(cotangent)
 
 
-def timed(function, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(function(*args))
-  return time.perf_counter() - start
-
-
 def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
   x_shape, w_shape = layer.shapes(batch)
   key_x, key_w, key_g = jax.random.split(jax.random.key(0), 3)
@@ -266,62 +247,27 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
   cotangent = jax.random.normal(key_g, out_shape, jnp.float32)
   row = dict(layer=layer.name, batch=batch,
              algorithms=chosen_algorithms(layer, batch))
-  sides = {}
+  contenders = {}
   for side, f in (("jaxconv", ours), ("lax", theirs)):
-    fwd = jax.jit(f)
-    step = jax.jit(functools.partial(forward_backward, f))
-    start = time.perf_counter()
-    compiled = step.lower(x, w, cotangent).compile()
-    row[f"{side}_compile_s"] = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    row[f"{side}_temp_mb"] = (getattr(memory, "temp_size_in_bytes", 0)
-                              / 2**20 if memory is not None else None)
-    timed(fwd, x, w)
-    timed(step, x, w, cotangent)
-    sides[side] = (fwd, step)
+    forward = timing.compile_program(f, x, w)
+    step = timing.compile_program(functools.partial(forward_backward, f), x,
+                                  w, cotangent)
+    row[f"{side}_compile_s"] = step.compile_seconds
+    row[f"{side}_temp_mb"] = (step.temp_bytes / 2**20
+                              if step.temp_bytes is not None else None)
+    contenders[f"{side}_fwd"] = functools.partial(forward, x, w)
+    contenders[f"{side}_fwdbwd"] = functools.partial(step, x, w, cotangent)
   torch_fns = torch_functions(layer, batch) if use_torch else None
   if torch_fns:
-    for f in torch_fns:
-      f()
-  times = {k: [] for k in ("jaxconv_fwd", "lax_fwd", "jaxconv_fwdbwd",
-                           "lax_fwdbwd", "torch_fwd", "torch_fwdbwd")}
-  faults = {"jaxconv": [], "lax": []}
-
-  def run_jax(side):
-    fwd, step = sides[side]
-    times[f"{side}_fwd"].append(timed(fwd, x, w))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times[f"{side}_fwdbwd"].append(timed(step, x, w, cotangent))
-    faults[side].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                        - before)
-
-  def run_torch():
-    for label, f in zip(("torch_fwd", "torch_fwdbwd"), torch_fns):
-      start = time.perf_counter()
-      f()
-      times[label].append(time.perf_counter() - start)
-
-  for round_index in range(repeats):             # interleaved
-    # jaxconv and lax take turns to go first; PyTorch goes last. Whatever
-    # runs right after a PyTorch call is slowed down (on the 1-D layer,
-    # 2.8-3.6 ms of jax.grad of lax became 4.6-6.1 ms), and so is a JAX
-    # call after a pause (3.6 ms after 50 ms of sleep): so after PyTorch
-    # the next round's first program runs once untimed, and every timed JAX
-    # call follows a JAX call. (A three-way rotation had put jaxconv right
-    # after PyTorch in two rounds of three, lax in one.)
-    order = ("lax", "jaxconv") if round_index % 2 else ("jaxconv", "lax")
-    if torch_fns and round_index:
-      jax.block_until_ready(sides[order[0]][1](x, w, cotangent))
-    for side in order:
-      run_jax(side)
-    if torch_fns:
-      run_torch()
-  for label, values in times.items():
-    row[f"{label}_ms"] = float(np.median(values)) * 1e3 if values else None
-  for side, values in faults.items():
-    # Minor page faults per forward+backward call: on glibc a large
-    # temporary buffer is mapped afresh, and faulted in, on every call.
-    row[f"{side}_faults"] = float(np.median(values))
+    contenders["torch_fwd"], contenders["torch_fwdbwd"] = torch_fns
+  times = timing.interleaved(contenders, repeats,
+                             untimed_after=lambda name: name.startswith("torch"))
+  for label in ("jaxconv_fwd", "lax_fwd", "jaxconv_fwdbwd", "lax_fwdbwd",
+                "torch_fwd", "torch_fwdbwd"):
+    row[f"{label}_ms"] = (times[label].seconds * 1e3 if label in times
+                          else None)
+  for side in ("jaxconv", "lax"):
+    row[f"{side}_faults"] = times[f"{side}_fwdbwd"].faults
   work = 3 * flops(layer, batch, out_shape)
   row["jaxconv_gflops"] = work / (row["jaxconv_fwdbwd_ms"] * 1e-3) / 1e9
   row["lax_gflops"] = work / (row["lax_fwdbwd_ms"] * 1e-3) / 1e9
@@ -332,30 +278,25 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
   return row
 
 
+def xla_kernel() -> str:
+  """Which kernel XLA runs 2-D convolutions with in this process."""
+  return ("ynnpack" if jaxconv.host_policy().xla_convolutions_in_ynnpack
+          else "eigen")
+
+
 def machine() -> str:
-  """The CPU's model name (from /proc/cpuinfo where there is one), its
-  architecture and core count, and its vendor and whether it has AVX-512,
-  which the policy reads (``FOLD_KERNEL_GRADIENTS``, ``FOLD_STRIDED``,
-  ``STACK_TAPS``, ``PHASE_FEW_TAPS``, ``STRIP_KERNEL_GRADIENTS``)."""
-  model = _algorithms.cpuinfo_field(_algorithms.host_cpuinfo(), "model name")
-  vendor = _algorithms.host_cpu_vendor() or "vendor unknown"
-  avx512 = {True: "AVX-512", False: "no AVX-512",
-            None: "AVX-512 unknown"}[_algorithms.host_has_avx512()]
-  return (f"{model or platform.processor() or platform.machine()} "
-          f"({platform.machine()}, {os.cpu_count()} cores, {vendor}, "
-          f"{avx512})")
+  """The machine, and the jaxconv policy it gets."""
+  return f"{timing.machine()}, jaxconv policy {jaxconv.host_policy().name!r}"
 
 
-def matmul_gflops(repeats: int) -> float:
-  """The machine's float32 matmul rate: the ceiling a convolution can approach."""
-  a = jax.random.normal(jax.random.key(1), (2048, 2048), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  timed(f, a)
-  best = np.median([timed(f, a) for _ in range(repeats)])
-  return 2 * 2048 ** 3 / best / 1e9
+def record_name() -> str:
+  """The name of this machine's record: its policy preset (CPU class), and
+  ``-eigen`` where XLA runs 2-D convolutions on its Eigen kernel."""
+  suffix = "" if xla_kernel() == "ynnpack" else "-eigen"
+  return f"{jaxconv.host_policy().name}{suffix}"
 
 
-def markdown(rows, matmul_rate, args) -> str:
+def markdown(rows, matmul_rate, args, command: str) -> str:
   head = ("| layer | batch | algorithms (fwd/dx/dw) | jaxconv fwd ms | lax fwd ms "
           "| jaxconv fwd+bwd ms | lax fwd+bwd ms | torch fwd+bwd ms "
           "| ratio fwd | ratio fwd+bwd | vs torch | jaxconv GFLOP/s "
@@ -379,19 +320,21 @@ def markdown(rows, matmul_rate, args) -> str:
   summary = [f"- batch {b}: geometric mean of fwd+bwd ratios (jaxconv / lax) "
              f"{math.exp(np.mean(np.log(v))):.2f} over {len(v)} layers"
              for b, v in sorted(ratios.items())]
-  info = (f"Measured {datetime.date.today()} on {machine()}"
-          f" ({jax.device_count()} {jax.default_backend()} device(s)), "
-          f"jax {jax.__version__}, float32, median of {args.repeats} "
-          f"interleaved runs. Matmul rate (2048² float32): "
-          f"{matmul_rate:.0f} GFLOP/s."
-          + (" glibc told to keep freed memory (--keep-freed-memory)."
-             if getattr(args, "keep_freed_memory", False) else "")
-          + " XLA's 2-D convolutions: "
-          + ("YNNPACK's (XLA's default)."
-             if _algorithms.xla_convolutions_in_ynnpack() else
-             "Eigen's (YNNPACK's turned off, --no-ynnpack-convolutions or "
-             "XLA_FLAGS)."))
-  return "\n".join([info, "", *lines, "", *summary])
+  kernel = ("YNNPACK's (XLA's default)" if xla_kernel() == "ynnpack" else
+            "Eigen's (YNNPACK's turned off, --no-ynnpack-convolutions or "
+            "XLA_FLAGS)")
+  info = [
+      f"Measured {datetime.date.today()} on {machine()}.",
+      "",
+      f"Command: `{command}`",
+      "",
+      f"float32, median of {args.repeats} interleaved rounds; matmul rate "
+      f"(2048² float32) {matmul_rate:.0f} GFLOP/s; XLA's 2-D convolutions: "
+      f"{kernel}."
+      + (" glibc told to keep freed memory (--keep-freed-memory)."
+         if getattr(args, "keep_freed_memory", False) else ""),
+  ]
+  return "\n".join([*info, "", *lines, "", *summary])
 
 
 def plot(rows, path):
@@ -406,6 +349,8 @@ def plot(rows, path):
   ax.axvline(1.0, color="black", linewidth=0.8)
   ax.set_xscale("log")
   ax.set_xlabel("speed-up of jaxconv over jax.grad of lax (forward+backward)")
+  ax.set_title(f"{timing.cpu_model()}, policy {jaxconv.host_policy().name!r}",
+               fontsize=9)
   ax.invert_yaxis()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -426,18 +371,30 @@ def main(argv=None) -> int:
   parser.add_argument("--no-ynnpack-convolutions", action="store_true",
                       help="XLA's Eigen kernel for 2-D convolutions, not "
                       "YNNPACK's (for lax and jaxconv alike)")
+  parser.add_argument("--record", action="store_true",
+                      help="write this machine's record: the table to "
+                      "docs/benchmarks/layers-<machine>.md, the chart to "
+                      "docs/figures/benchmark-layers-<machine>.png")
   parser.add_argument("--markdown", default=None)
   parser.add_argument("--json", default=None)
   parser.add_argument("--plot", default=None)
   args = parser.parse_args(argv)
+  command = "python experiments/benchmark.py " + " ".join(
+      sys.argv[1:] if argv is None else map(str, argv))
   if args.keep_freed_memory and not keep_freed_memory():
     parser.error("--keep-freed-memory needs glibc's mallopt")
   if args.no_ynnpack_convolutions and not no_ynnpack_convolutions():
     parser.error("--no-ynnpack-convolutions: XLA still hands 2-D "
                  "convolutions to YNNPACK (was it started already?)")
+  if args.record:
+    name = record_name()
+    args.markdown = args.markdown or ROOT / "docs" / "benchmarks" / (
+        f"layers-{name}.md")
+    args.plot = args.plot or ROOT / "docs" / "figures" / (
+        f"benchmark-layers-{name}.png")
   layers = QUICK if args.quick else SUITE
   if args.only:
-    layers = [l for l in layers if args.only in l.name]
+    layers = [layer for layer in layers if args.only in layer.name]
   batches = args.batch or ([2] if args.quick else [8, 32])
   rows = []
   for batch in batches:
@@ -452,18 +409,22 @@ def main(argv=None) -> int:
             f"ratio {row['ratio_fwdbwd']:.2f}  page faults "
             f"{row['jaxconv_faults']:.0f} / {row['lax_faults']:.0f}",
             flush=True)
-  rate = matmul_gflops(args.repeats)
-  table = markdown(rows, rate, args)
+  rate = timing.matmul_gflops(args.repeats)
+  table = markdown(rows, rate, args, command)
   print()
   print(table)
   if args.markdown:
+    Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     with open(args.markdown, "w") as f:
+      f.write(f"# Layers on {timing.cpu_model()}\n\n" if args.record else "")
       f.write(table + "\n")
+      if args.record:
+        f.write(f"\n![Speed-up over jax.grad of lax](../figures/"
+                f"{Path(args.plot).name})\n")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(rows=rows, matmul_gflops=rate, xla_convolutions=(
-          "ynnpack" if _algorithms.xla_convolutions_in_ynnpack()
-          else "eigen")), f, indent=1)
+      json.dump(dict(rows=rows, matmul_gflops=rate, machine=machine(),
+                     xla_convolutions=xla_kernel()), f, indent=1)
   if args.plot:
     plot(rows, args.plot)
   return 0

@@ -1,27 +1,30 @@
-"""Algorithms side by side: a layer's convolutions under chosen algorithms.
+"""Algorithms side by side: a layer's convolutions under chosen algorithms
+and policies.
 
-The measurements behind the CPU policy (``choose_algorithm`` in
-``jaxconv/_algorithms.py``, documented in docs/performance.md). Each
-*variant* is an algorithm name, forced for every convolution that supports
-it (``auto`` is the default policy), optionally with constants of
-``jaxconv/_algorithms.py`` set while the programs are traced::
+The measurements behind the CPU policy (``jaxconv.Policy``, its presets and
+rules in ``jaxconv/_algorithms/``). Each *variant* is an algorithm name,
+forced for every convolution that supports it (``auto`` is the policy's
+choice), optionally with settings of the policy it is traced under (the
+host's, unless ``preset=NAME`` names another): an option on or off, or a
+threshold::
 
     xla                          XLA's kernel everywhere
     folded                       every convolution folded, down to 1-D
-    auto                         the default policy
-    auto:FOLD_MIN_ELEMENTS=inf   the default policy without "folded"
-    chunked:CHUNK_SAMPLES=2,CHUNK_ELEMENTS=inf   chunks of two samples
+    auto                         the host's policy
+    auto:preset=generic          the conservative preset
+    auto:fold_min_elements=inf   the host's policy without "folded"
+    auto:stack=0                 ... without the "stack" option
+    chunked:chunk_samples=2,chunk_elements=inf   chunks of two samples
     xla/eigen                    XLA's kernel, its Eigen one (below)
-    auto/eigen                   the default policy where XLA's kernel is Eigen's
+    auto/eigen                   the policy where XLA's kernel is Eigen's
 
 A variant ending in ``/eigen`` is compiled with XLA's YNNPACK convolutions
-turned off (``compiler_options``, as ``NO_YNNPACK_CONVOLUTIONS`` of
-benchmark.py does for a whole process), so that XLA's 2-D convolutions are
-its Eigen kernel's, and the policy is told so (``XLA_YNNPACK_CONVOLUTIONS=0``):
-both kernels side by side in one run.
+turned off (``compiler_options``, as benchmark.py's
+``--no-ynnpack-convolutions`` does for a whole process), and its policy is
+told so: both kernels side by side in one run.
 
-Two modes, both interleaved round by round in alternating order, medians in
-milliseconds, with each variant's ratio to the first:
+Two modes, both interleaved round by round (``timing.interleaved``), medians
+in milliseconds, with each variant's ratio to the first:
 
 * per pass (default): the three convolutions of the rule compiled and timed
   on their own, the forward pass (``conv_general_dilated``), the input
@@ -34,35 +37,36 @@ milliseconds, with each variant's ratio to the first:
     python experiments/benchmark_algorithms.py --only "3x3 conv" --batch 8 \\
         --variant xla --variant folded
     python experiments/benchmark_algorithms.py --step \\
-        --variant auto:FOLD_MIN_ELEMENTS=inf --variant auto
+        --variant auto:fold_min_elements=inf --variant auto
     python experiments/benchmark_algorithms.py --step --small \\
         --variant xla --variant folded       # the folding threshold's layers
     python experiments/benchmark_algorithms.py --strided \\
-        --variant auto:PHASE_FEW_TAPS=0 --variant auto   # strided layers
+        --variant auto:phase_few_taps=0 --variant auto   # strided layers
     python experiments/benchmark_algorithms.py --variant xla \\
         --variant xla/eigen --variant auto --variant auto/eigen  # both kernels
+    python experiments/benchmark_algorithms.py --step --network resnet18 \\
+        --variant xla --variant auto:preset=generic --variant auto
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
-import resource
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-import benchmark
 import jaxconv
-from jaxconv import _algorithms
+
+import benchmark
+import timing
 
 # Small dense 3x3 layers, each at the batch it was measured at, for the size
 # and the feature count from which the policy folds a 2-D convolution
-# (FOLD_MIN_ELEMENTS, FOLD_MIN_FEATURES): 16 to 64 features, 65 536 to
+# (fold_min_elements, fold_min_features): 16 to 64 features, 65 536 to
 # 802 816 input elements.
 SMALL = [
     (benchmark.Layer("3x3 conv 16->16 @8", (8, 8), (3, 3), 16, 16), 64),
@@ -74,7 +78,7 @@ SMALL = [
 ]
 
 # Strided layers beside the suite's, for the phases of strided input
-# gradients (PHASE_FEW_TAPS, and the 1x1 kernel's, against "shifted"):
+# gradients (the phase_few_taps option, and the 1x1 kernel's, against "shifted"):
 # a ResNet-style 1x1 stride-2 shortcut and two more 3x3 stride-2 layers.
 STRIDED = [
     benchmark.Layer("1x1 s2 conv 256->512 @56", (56, 56), (1, 1), 256, 512,
@@ -88,50 +92,101 @@ STRIDED = [
 PASSES = ("forward", "input gradient", "kernel gradient")
 
 
+def network_layers(name: str, batch: int) -> list[tuple[benchmark.Layer, int]]:
+  """The distinct convolutions of a network of benchmark_models.py, as
+  layers of the suite's kind, each at ``batch``; the name says how often
+  the network has it."""
+  import networks
+
+  layers = []
+  for spec in networks.conv_layers(networks.by_name(name), batch):
+    spatial, window = spec["x"][1:-1], spec["w"][:-2]
+    c_in, c_out, groups = spec["x"][-1], spec["w"][-1], spec["groups"]
+    kind = "depthwise " if groups > 1 and groups == c_in else (
+        f"g{groups} " if groups > 1 else "")
+    stride = f" s{spec['stride']}" if spec["stride"] > 1 else ""
+    layers.append((benchmark.Layer(
+        f"{kind}{'x'.join(map(str, window))}{stride} {c_in}->{c_out} "
+        f"@{'x'.join(map(str, spatial))} (x{spec['count']})", spatial, window,
+        c_in, c_out, stride=spec["stride"],
+        padding=tuple((p, p) for p in spec["padding"]), groups=groups),
+                   batch))
+  return layers
+
+
 # XLA's YNNPACK convolutions off, for one compiled program: jax 0.10's
 # default list of YNNPACK fusions less INDIVIDUAL_CONVOLUTION (compiler
 # options take no "-" form, which XLA_FLAGS do).
 EIGEN = {"xla_cpu_experimental_ynn_fusion_type":
          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
+THRESHOLDS = {f.name for f in dataclasses.fields(jaxconv.Thresholds)}
+OPTIONS = jaxconv.Policy.OPTIONS
 
-def parse_variant(text: str):
-  """``"NAME[:CONST=VALUE,...][/eigen]"`` -> (algorithm, {constant: value},
-  XLA compiler options or None)."""
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """An algorithm, the policy it is traced under, and XLA's compiler
+  options (``None``: the process's)."""
+
+  algorithm: str
+  policy: jaxconv.Policy
+  compiler_options: dict | None = None
+
+
+def _number(key, value):
+  try:
+    number = float(value)
+  except ValueError:
+    raise ValueError(f"--variant: {key} must be a number (or inf), got "
+                     f"{value!r}") from None
+  return int(number) if number.is_integer() else number
+
+
+def parse_variant(text: str) -> Variant:
+  """``"ALGORITHM[:SETTING=VALUE,...][/eigen]"`` -> a ``Variant`` (see the
+  module's docstring)."""
   options = None
   if text.endswith("/eigen"):
     text, options = text[:-len("/eigen")], EIGEN
   name, _, rest = text.partition(":")
-  _algorithms.check_algorithm(name, "--variant")
-  constants = {}
+  if name not in jaxconv.ALGORITHMS:
+    raise ValueError(f"--variant: {name!r} is not one of {jaxconv.ALGORITHMS}")
+  policy = jaxconv.host_policy()
+  settings = {}
   for item in filter(None, rest.split(",")):
     key, equals, value = item.partition("=")
-    if not equals or not hasattr(_algorithms, key) or not key.isupper():
-      raise ValueError(f"--variant: {item!r} is not CONSTANT=VALUE naming a "
-                       "constant of jaxconv/_algorithms.py")
-    try:
-      number = float(value)
-    except ValueError:
-      raise ValueError(f"--variant: {key} must be a number (or inf), got "
-                       f"{value!r}") from None
-    constants[key] = int(number) if number.is_integer() else number
-  if options is not None:
-    constants.setdefault("XLA_YNNPACK_CONVOLUTIONS", 0)
-  return name, constants, options
+    if not equals:
+      raise ValueError(f"--variant: {item!r} is not SETTING=VALUE")
+    if key == "preset":
+      if value not in jaxconv.PRESETS:
+        raise ValueError(f"--variant: preset must be one of "
+                         f"{tuple(jaxconv.PRESETS)}, got {value!r}")
+      policy = dataclasses.replace(
+          jaxconv.PRESETS[value],
+          xla_convolutions_in_ynnpack=policy.xla_convolutions_in_ynnpack,
+          grown_convolutions_leave_ynnpack=(
+              policy.grown_convolutions_leave_ynnpack))
+    elif key in OPTIONS or key in THRESHOLDS:
+      settings[key] = _number(key, value)
+    else:
+      raise ValueError(f"--variant: {key!r} is neither an option of the "
+                       f"policy {OPTIONS} nor a threshold {sorted(THRESHOLDS)}")
+  on = {k for k, v in settings.items() if k in OPTIONS and v}
+  off = {k for k, v in settings.items() if k in OPTIONS and not v}
+  policy = policy.replace(
+      options=tuple((set(policy.options) | on) - off),
+      thresholds={k: v for k, v in settings.items() if k in THRESHOLDS},
+      **({"xla_convolutions_in_ynnpack": False} if options else {}))
+  return Variant(name, policy, options)
 
 
 @contextlib.contextmanager
-def policy(algorithm: str, constants: dict):
-  """Forces ``algorithm`` and sets ``constants`` while programs are traced."""
-  saved = {key: getattr(_algorithms, key) for key in constants}
-  for key, value in constants.items():
-    setattr(_algorithms, key, value)
-  try:
-    with jaxconv.use_algorithm(algorithm):
-      yield
-  finally:
-    for key, value in saved.items():
-      setattr(_algorithms, key, value)
+def traced_under(variant: Variant):
+  """Forces the variant's algorithm and policy while programs are traced."""
+  with jaxconv.use_algorithm(variant.algorithm), jaxconv.use_policy(
+      variant.policy):
+    yield
 
 
 def _conv_kwargs(layer):
@@ -142,7 +197,7 @@ def _conv_kwargs(layer):
               feature_group_count=layer.groups)
 
 
-def pass_programs(layer, batch, algorithm, constants=None, options=None):
+def pass_programs(layer, batch, variant: Variant):
   """The rule's three convolutions, compiled under the variant, each with
   its arguments: ``{pass: (compiled, args)}``."""
   if layer.transpose:
@@ -161,8 +216,8 @@ def pass_programs(layer, batch, algorithm, constants=None, options=None):
       "kernel gradient": (lambda x, ct: jaxconv.conv_kernel_grad(
           x, ct, w_shape, **kw), (x, y)),
   }
-  with policy(algorithm, constants or {}):
-    compiled = {name: (jax.jit(f, compiler_options=options)
+  with traced_under(variant):
+    compiled = {name: (jax.jit(f, compiler_options=variant.compiler_options)
                        .lower(*args).compile(), args)
                 for name, (f, args) in fns.items()}
   for f, args in compiled.values():
@@ -170,7 +225,7 @@ def pass_programs(layer, batch, algorithm, constants=None, options=None):
   return compiled
 
 
-def step_program(layer, batch, algorithm, constants=None, options=None):
+def step_program(layer, batch, variant: Variant):
   """The compiled forward+backward under the variant, with its arguments."""
   x_shape, w_shape = layer.shapes(batch)
   keys = jax.random.split(jax.random.key(0), 3)
@@ -180,32 +235,22 @@ def step_program(layer, batch, algorithm, constants=None, options=None):
   out_shape = jax.eval_shape(theirs, x, w).shape
   cotangent = jax.random.normal(keys[2], out_shape, jnp.float32)
   step = jax.jit(functools.partial(benchmark.forward_backward, ours),
-                 compiler_options=options)
-  with policy(algorithm, constants or {}):
+                 compiler_options=variant.compiler_options)
+  with traced_under(variant):
     compiled = step.lower(x, w, cotangent).compile()
   args = (x, w, cotangent)
   jax.block_until_ready(compiled(*args))
   return compiled, args
 
 
-def interleaved(programs, repeats, faults=None):
-  """Median seconds of each ``(compiled, args)``, timed round by round; the
-  median minor page faults per call are appended to ``faults`` if given."""
-  times = [[] for _ in programs]
-  counts = [[] for _ in programs]
-  order = list(range(len(programs)))
-  for round_index in range(repeats):
-    for i in (order if round_index % 2 else order[::-1]):
-      f, args = programs[i]
-      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      start = time.perf_counter()
-      jax.block_until_ready(f(*args))
-      times[i].append(time.perf_counter() - start)
-      counts[i].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                       - before)
-  if faults is not None:
-    faults.extend(statistics.median(c) for c in counts)
-  return [statistics.median(t) for t in times]
+def interleaved(programs, repeats):
+  """Each ``(compiled, args)`` timed round by round: ``(median seconds,
+  median minor page faults)`` per program."""
+  times = timing.interleaved(
+      {i: functools.partial(f, *args) for i, (f, args) in enumerate(programs)},
+      repeats, warmup=0)
+  return ([times[i].seconds for i in range(len(programs))],
+          [times[i].faults for i in range(len(programs))])
 
 
 def row(label, seconds, extra=""):
@@ -223,17 +268,17 @@ def add_selection_arguments(parser, repeats=7):
                       help="run the layers whose name contains this text")
 
 
-def chosen_under(variant, layer, batch) -> str:
+def chosen_under(variant: Variant, layer, batch) -> str:
   """The algorithms the variant gives the layer: forward / input grad /
   kernel grad."""
-  with policy(*variant[:2]):
+  with traced_under(variant):
     return benchmark.chosen_algorithms(layer, batch)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variant", action="append",
-                      help="ALGORITHM[:CONSTANT=VALUE,...][/eigen]; "
+                      help="ALGORITHM[:SETTING=VALUE,...][/eigen]; "
                       "several, the first is the reference (default: xla, "
                       "auto)")
   parser.add_argument("--step", action="store_true",
@@ -244,13 +289,19 @@ def main(argv=None) -> int:
   parser.add_argument("--strided", action="store_true",
                       help="strided layers beside the suite's (a 1x1 "
                       "shortcut, two 3x3 stride-2 layers)")
+  parser.add_argument("--network", default=None,
+                      help="the distinct convolutions of a network of "
+                      "benchmark_models.py (resnet18, mobilenet, ...)")
   add_selection_arguments(parser)
   args = parser.parse_args(argv)
   try:
     variants = [parse_variant(v) for v in args.variant or ["xla", "auto"]]
   except ValueError as error:
     parser.error(str(error))
-  if args.small:
+  if args.network:
+    cases = [case for batch in args.batch or [32]
+             for case in network_layers(args.network, batch)]
+  elif args.small:
     cases = [(layer, batch) for layer, batch in SMALL
              if not args.batch or batch in args.batch]
   else:
@@ -261,28 +312,26 @@ def main(argv=None) -> int:
   if args.only:
     cases = [(layer, b) for layer, b in cases if args.only in layer.name]
   names = " / ".join(args.variant or ["xla", "auto"])
-  print(f"{benchmark.machine()}; jax {jax.__version__}, "
-        f"{jax.default_backend()}, float32, median of "
+  print(f"{benchmark.machine()}; float32, median of "
         f"{args.repeats}; ms {'forward+backward' if args.step else 'per pass'}"
         f": {names}")
   for layer, batch in cases:
     label = f"{layer.name:<30} b{batch:<3}"
     if args.step:
-      programs = [step_program(layer, batch, *v) for v in variants]
+      programs = [step_program(layer, batch, v) for v in variants]
       memory = [f.memory_analysis() for f, _ in programs]
       temp = " / ".join(f"{m.temp_size_in_bytes / 2**20:.1f}"
                         if m is not None else "-" for m in memory)
       chosen = [chosen_under(v, layer, batch) for v in variants]
-      faults = []
-      seconds = interleaved(programs, args.repeats, faults)
+      seconds, faults = interleaved(programs, args.repeats)
       print(row(label, seconds, f"  temp MB {temp}  faults " + " / ".join(
           f"{n:.0f}" for n in faults) + f"  ({' | '.join(chosen)})"),
                 flush=True)
       continue
-    compiled = [pass_programs(layer, batch, *v) for v in variants]
+    compiled = [pass_programs(layer, batch, v) for v in variants]
     chosen = [chosen_under(v, layer, batch).split("/") for v in variants]
     for index, name in enumerate(PASSES):
-      seconds = interleaved([c[name] for c in compiled], args.repeats)
+      seconds, _ = interleaved([c[name] for c in compiled], args.repeats)
       picked = " / ".join(c[index] for c in chosen)
       print(row(f"{label} {name:<16}", seconds, f"  ({picked})"), flush=True)
   return 0

@@ -1,8 +1,8 @@
 """Chunk sizes: each convolution of a layer, whole and in chunks of samples.
 
-The measurements behind the ``chunked`` policy (``CHUNK_SAMPLES``,
-``CHUNK_ELEMENTS`` in ``jaxconv/_algorithms.py``). For every dense layer of
-the benchmark suite (groups, 1x1 kernels and transposed layers have
+The measurements behind the ``chunked`` rule (the policy's thresholds
+``chunk_samples`` and ``chunk_elements``, ``jaxconv.Thresholds``). For every
+dense layer of the benchmark suite (groups, 1x1 kernels and transposed layers have
 algorithms of their own) and each batch size, the three convolutions of the
 rule are timed on their own: the forward pass (``conv_general_dilated``), the
 input gradient (``conv_input_grad``) and the kernel gradient
@@ -30,11 +30,11 @@ def programs(layer, batch, chunk):
   """The three compiled convolutions, with their arguments, in chunks of
   ``chunk`` samples (``None``: whole, XLA's kernel)."""
   if chunk is None:
-    return benchmark_algorithms.pass_programs(layer, batch, "xla")
-  # The chunk size is read when the functions are traced.
-  return benchmark_algorithms.pass_programs(
-      layer, batch, "chunked",
-      dict(CHUNK_SAMPLES=chunk, CHUNK_ELEMENTS=2**62))
+    variant = benchmark_algorithms.parse_variant("xla")
+  else:
+    variant = benchmark_algorithms.parse_variant(
+        f"chunked:chunk_samples={chunk},chunk_elements=inf")
+  return benchmark_algorithms.pass_programs(layer, batch, variant)
 
 
 def main(argv=None) -> int:
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
       compiled = {c: programs(layer, batch, c) for c in chunks}
       for name in benchmark_algorithms.PASSES:
         seconds = dict(zip(chunks, benchmark_algorithms.interleaved(
-            [compiled[c][name] for c in chunks], args.repeats)))
+            [compiled[c][name] for c in chunks], args.repeats)[0]))
         cells = [f"{seconds[c] * 1e3:.1f}" if c in seconds else "-"
                  for c in CHUNKS + (None,)]
         print(f"{layer.name:<28} b{batch:<3} {name:<16} " + " / ".join(cells),

@@ -26,14 +26,19 @@ afresh on every call, and each 4 KiB page faulted in costs time.
 
 Usage:
     python experiments/benchmark_pooling.py [--reps 15] [--dtype float32]
+    python experiments/benchmark_pooling.py --record   # this machine's record
+
+``--record`` writes the table, with the command and the machine, to
+``docs/benchmarks/pooling-<machine>.md`` (``<machine>``: the host's jaxconv
+policy preset, its CPU class).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
-import time
+import datetime
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +46,8 @@ import numpy as np
 from jax import lax
 
 import jaxconv
+
+import timing
 
 try:
   import torch
@@ -125,69 +132,33 @@ def _torch_contenders(kind, window, strides, padding, x, cotangent):
   return forward, forward_backward
 
 
-def _block(result):
-  """Waits for a JAX result; PyTorch on the CPU is already synchronous."""
-  leaves = result if isinstance(result, tuple) else (result,)
-  if torch is not None and isinstance(leaves[0], torch.Tensor):
-    return result
-  return jax.block_until_ready(result)
-
-
-def _minor_faults() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _time_interleaved(contenders, reps, warmup=2):
-  """Median seconds and median minor page faults per contender, timing one
-  call of each per round."""
-  for fn in contenders.values():
-    for _ in range(warmup):
-      _block(fn())
-  times = {name: [] for name in contenders}
-  faults = {name: [] for name in contenders}
-  names = list(contenders)
-  previous = None
-  for round_index in range(reps):
-    # Rotate the order. Whatever runs right after a PyTorch call is slowed
-    # down (experiments/benchmark.py measures by how much), so a contender
-    # that follows PyTorch first runs once untimed.
-    shift = round_index % len(names)
-    for name in names[shift:] + names[:shift]:
-      if previous == "torch":
-        _block(contenders[name]())
-      previous = name
-      before = _minor_faults()
-      start = time.perf_counter()
-      _block(contenders[name]())
-      times[name].append(time.perf_counter() - start)
-      faults[name].append(_minor_faults() - before)
-  return ({name: statistics.median(ts) for name, ts in times.items()},
-          {name: statistics.median(fs) for name, fs in faults.items()})
-
-
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--reps", type=int, default=15)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--no-torch", action="store_true")
-  args = parser.parse_args()
+  parser.add_argument("--record", action="store_true",
+                      help="write the table to docs/benchmarks/"
+                      "pooling-<machine>.md")
+  args = parser.parse_args(argv)
   use_torch = torch is not None and not args.no_torch
+  command = "python experiments/benchmark_pooling.py " + " ".join(
+      sys.argv[1:] if argv is None else map(str, argv))
 
   key_x, key_g = jax.random.split(jax.random.PRNGKey(0))
   dtype = jnp.dtype(args.dtype)
   x = jax.random.normal(key_x, SHAPE, dtype)
-  print(f"input {SHAPE} {dtype}, backend {jax.default_backend()}, "
-        f"{args.reps} interleaved rounds, median ms; ratio = reference / "
-        "jaxconv (> 1: jaxconv faster)")
+  lines = [f"input {SHAPE} {dtype}, {args.reps} interleaved rounds, median "
+           "ms; ratio = reference / jaxconv (> 1: jaxconv faster)."]
   if use_torch:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          "NCHW, symmetric padding with the same output size")
-  header = (f"{'layer':<16} {'pass':<9} {'jaxconv':>8} {'flax/lax':>9} "
-            f"{'ratio':>6} {'floor':>7} {'lax/floor':>9}")
-  if use_torch:
-    header += f" {'torch':>8} {'ratio':>6}"
-  header += f" {'faults':>8} {'(lax)':>8}"
-  print(header)
+    lines.append(f"torch {torch.__version__}, {torch.get_num_threads()} "
+                 "threads, NCHW, symmetric padding with the same output size.")
+  head = ("| layer | pass | jaxconv ms | flax/lax ms | ratio | floor ms "
+          "| lax / floor | jaxconv / floor |"
+          + (" torch ms | ratio |" if use_torch else "")
+          + " faults (jaxconv / lax) |")
+  table = [head, "|" + " --- |" * (head.count("|") - 1)]
+  print("\n".join(lines + [""] + table), flush=True)
   for name, kind, window, strides, torch_padding in LAYERS:
     out_shape = jax.eval_shape(_jaxconv_pool(kind, window, strides), x).shape
     cotangent = jax.random.normal(key_g, out_shape, dtype)
@@ -198,21 +169,38 @@ def main():
     touch = jax.jit(lambda *arrays: [a + 1 for a in arrays])
     forward = {"jaxconv": ours_f, "flax": ref_f}
     both = {"jaxconv": ours_fb, "flax": ref_fb,
-            "floor": lambda: touch(x, cotangent)}
+            "floor": lambda touch=touch, cotangent=cotangent: touch(
+                x, cotangent)}
     if use_torch:
       torch_f, torch_fb = _torch_contenders(kind, window, strides,
                                             torch_padding, x, cotangent)
       forward["torch"], both["torch"] = torch_f, torch_fb
     for label, contenders in (("fwd", forward), ("fwd+bwd", both)):
-      t, faults = _time_interleaved(contenders, args.reps)
-      line = (f"{name:<16} {label:<9} {t['jaxconv'] * 1e3:8.2f} "
-              f"{t['flax'] * 1e3:9.2f} {t['flax'] / t['jaxconv']:6.2f}")
-      line += (f" {t['floor'] * 1e3:7.2f} {t['flax'] / t['floor']:9.2f}"
-               if "floor" in t else f" {'-':>7} {'-':>9}")
+      t = timing.interleaved(contenders, args.reps, warmup=2,
+                             untimed_after=lambda name: name == "torch")
+      ms = {k: v.seconds * 1e3 for k, v in t.items()}
+      cells = [name, label, f"{ms['jaxconv']:.2f}", f"{ms['flax']:.2f}",
+               f"{ms['flax'] / ms['jaxconv']:.2f}"]
+      cells += ([f"{ms['floor']:.2f}", f"{ms['flax'] / ms['floor']:.2f}",
+                 f"{ms['jaxconv'] / ms['floor']:.2f}"] if "floor" in ms
+                else ["-", "-", "-"])
       if use_torch:
-        line += f" {t['torch'] * 1e3:8.2f} {t['torch'] / t['jaxconv']:6.2f}"
-      line += f" {faults['jaxconv']:8.0f} {faults['flax']:8.0f}"
-      print(line, flush=True)
+        cells += [f"{ms['torch']:.2f}", f"{ms['torch'] / ms['jaxconv']:.2f}"]
+      cells.append(f"{t['jaxconv'].faults:.0f} / {t['flax'].faults:.0f}")
+      row = "| " + " | ".join(cells) + " |"
+      table.append(row)
+      print(row, flush=True)
+  if args.record:
+    import benchmark
+    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / (
+        f"pooling-{benchmark.record_name()}.md")
+    path.write_text("\n".join([
+        f"# Pooling on {timing.cpu_model()}", "",
+        f"Measured {datetime.date.today()} on {benchmark.machine()}.", "",
+        f"Command: `{command}`", "", *lines, "",
+        "`floor` is a jitted `a + 1` over the input and the cotangent: the "
+        "bytes a forward+backward must move at least.", "", *table, ""]))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

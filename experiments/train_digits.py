@@ -22,8 +22,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-import training
 from jaxconv import models
+
+import training
 
 
 def load() -> dict:
@@ -45,6 +46,7 @@ def main(argv=None) -> dict:
                          learning_rate=3e-3, weight_decay=1e-4,
                          quick_epochs=2)
   args = training.parse(parser, argv)
+  print("digits: loading scikit-learn's 8x8 digits...", flush=True)
   results = training.train("digits", models.MODELS["lenet"], load(), args)
   print(f"test accuracy: {results['test_accuracy']:.3f}")
   return results

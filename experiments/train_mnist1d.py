@@ -8,10 +8,14 @@ two dense layers and the softmax cross-entropy. Training batches are shifted
 at random by up to ``--shift`` samples (the data set's own variation is a
 translation; this is what takes the network from about 94-96% to 97-98%).
 
-  python experiments/train_mnist1d.py                  # custom and autodiff, side by side
-  python experiments/train_mnist1d.py --no-compare     # custom gradients only
-  python experiments/train_mnist1d.py --no-compare --grad autodiff  # autodiff only
-  python experiments/train_mnist1d.py --quick          # seconds
+  python experiments/train_mnist1d.py               # custom and autodiff
+  python experiments/train_mnist1d.py --no-compare  # custom gradients only
+  python experiments/train_mnist1d.py --no-compare --grad autodiff
+  python experiments/train_mnist1d.py --quick       # seconds
+
+The first lines say what is being done before training starts (generating
+the data, compiling); with --compare the last lines separate the per-step
+gradient check from the drift between the two runs (docs/experiments.md).
 
 See docs/experiments.md for the measured results.
 """
@@ -23,8 +27,9 @@ import argparse
 import numpy as np
 from mnist1d.data import get_dataset_args, make_dataset
 
-import training
 from jaxconv import models
+
+import training
 
 
 def load() -> dict:
@@ -61,7 +66,10 @@ def main(argv=None) -> dict:
                       "many samples (default 6; 0 turns it off)")
   args = training.parse(parser, argv)
   augment = random_shift(args.shift) if args.shift > 0 else None
-  results = training.train("mnist1d", models.MODELS["mnist1d_cnn"], load(),
+  print("mnist1d: generating the data set (5000 sequences from the mnist1d "
+        "templates)...", flush=True)
+  data = load()
+  results = training.train("mnist1d", models.MODELS["mnist1d_cnn"], data,
                            args, augment=augment)
   print(f"test accuracy: {results['test_accuracy']:.3f}")
   return results

@@ -5,7 +5,29 @@ from the derivation in ``docs/derivation.md``; the equation numbers in the
 docstrings and in the comment block atop each rule refer to that document.
 """
 
-from jaxconv._algorithms import ALGORITHMS, choose_algorithm, use_algorithm
+from jaxconv._algorithms import (
+    ALGORITHMS,
+    PRESETS,
+    AlgorithmChoice,
+    Policy,
+    Thresholds,
+    choose_algorithm,
+    chosen_algorithms,
+    host_policy,
+    use_algorithm,
+    use_policy,
+)
+from jaxconv.adaptive_pooling import (
+    adaptive_avg_pool,
+    adaptive_avg_pool_grad,
+    adaptive_max_pool,
+    adaptive_max_pool_grad,
+    adaptive_max_pool_with_indices,
+    global_avg_pool,
+    global_avg_pool_grad,
+    global_max_pool,
+    global_max_pool_grad,
+)
 from jaxconv.convolution import (
     ConvGeometry,
     conv,
@@ -17,7 +39,6 @@ from jaxconv.convolution import (
     conv_transpose,
     make_conv_geometry,
 )
-
 from jaxconv.layers import (
     dense,
     dense_bias_grad,
@@ -37,7 +58,14 @@ from jaxconv.layers import (
     tanh,
     tanh_grad,
 )
-
+from jaxconv.local import (
+    conv_general_dilated_local,
+    conv_general_dilated_patches,
+    conv_local_input_grad,
+    conv_local_kernel_grad,
+    conv_patches_grad,
+)
+from jaxconv.padding import PADDING_MODES, pad, pad_grad
 from jaxconv.pooling import (
     avg_pool,
     avg_pool_grad,
@@ -56,8 +84,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "PRESETS",
+    "AlgorithmChoice",
+    "Policy",
+    "Thresholds",
     "choose_algorithm",
+    "chosen_algorithms",
+    "host_policy",
     "use_algorithm",
+    "use_policy",
     "ConvGeometry",
     "conv",
     "conv_bias_grad",
@@ -67,6 +102,14 @@ __all__ = [
     "conv_output_shape",
     "conv_transpose",
     "make_conv_geometry",
+    "conv_general_dilated_local",
+    "conv_general_dilated_patches",
+    "conv_local_input_grad",
+    "conv_local_kernel_grad",
+    "conv_patches_grad",
+    "PADDING_MODES",
+    "pad",
+    "pad_grad",
     "dense",
     "dense_bias_grad",
     "dense_input_grad",
@@ -95,4 +138,13 @@ __all__ = [
     "max_unpool_grad",
     "min_pool",
     "min_pool_grad",
+    "adaptive_avg_pool",
+    "adaptive_avg_pool_grad",
+    "adaptive_max_pool",
+    "adaptive_max_pool_grad",
+    "adaptive_max_pool_with_indices",
+    "global_avg_pool",
+    "global_avg_pool_grad",
+    "global_max_pool",
+    "global_max_pool_grad",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,12 +20,44 @@ Pads = tuple[tuple[int, int], ...]
 PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID")
 
 
+def spatial_sizes(shape: Sequence[int], spec: Sequence[int]) -> tuple[int, ...]:
+  """The sizes of the spatial axes ``spec[2:]`` of ``shape``, in order (a
+  ``lax`` dimension-number spec lists batch or output features, features,
+  then the spatial axes)."""
+  return tuple(int(shape[axis]) for axis in spec[2:])
+
+
 def _describe(value) -> str:
   return f"{value!r} (type {type(value).__name__})"
 
 
-def _as_int(value, name: str) -> int:
-  """Returns ``value`` as a Python int, refusing bools, floats and arrays."""
+def check_static(value, name: str) -> None:
+  """Raises TypeError if ``value`` is traced: a shape needs a Python value."""
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"`{name}` must be a static Python int, got a traced value of type "
+        f"{value.aval.str_short()}: it sets the output's shape, so it must be "
+        f"known while tracing. Pass a Python int, or mark the argument static "
+        f"(e.g. `jax.jit(f, static_argnums=...)`).")
+
+
+def concrete(value, name: str):
+  """``value`` with a concrete JAX array turned into a NumPy array, so that
+  it reads like any other sequence; a traced one is refused."""
+  check_static(value, name)
+  if isinstance(value, jax.Array):
+    return np.asarray(value)
+  return value
+
+
+def as_int(value, name: str) -> int:
+  """Returns ``value`` as a Python int, refusing bools, floats and arrays.
+
+  A traced value (an argument of a ``jax.jit`` function, say) has no value
+  while the function is traced, so it cannot set a shape: it is refused with
+  a message saying so.
+  """
+  check_static(value, name)
   if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"`{name}` must hold integers, got the bool {value!r}.")
   try:
@@ -57,17 +90,18 @@ def int_tuple(value, n: int, name: str, *, minimum: int | None = 1,
     if default is None:
       raise TypeError(f"`{name}` is required, got None.")
     value = default
+  value = concrete(value, name)
   if isinstance(value, str):
     raise TypeError(f"`{name}` must be an int or a sequence of {n} ints, got "
                     f"the string {value!r}.")
   if isinstance(value, (Sequence, np.ndarray)):
-    values = tuple(_as_int(v, name) for v in value)
+    values = tuple(as_int(v, name) for v in value)
     if len(values) != n:
       raise ValueError(
           f"`{name}` must have one entry per spatial dimension ({n}), got "
           f"{len(values)} entries: {tuple(value)!r}.")
   else:
-    values = (_as_int(value, name),) * n
+    values = (as_int(value, name),) * n
   if minimum is not None and any(v < minimum for v in values):
     bound = "positive" if minimum == 1 else f">= {minimum}"
     raise ValueError(f"`{name}` entries must be {bound}, got {values!r}.")
@@ -113,6 +147,7 @@ def padding_pairs(padding, in_sizes: Sequence[int], window_sizes: Sequence[int],
     A tuple of ``(lo, hi)`` int pairs, one per spatial dimension.
   """
   n = len(in_sizes)
+  padding = concrete(padding, name)
   if isinstance(padding, str):
     key = padding.upper()
     if key not in strings:
@@ -136,13 +171,13 @@ def padding_pairs(padding, in_sizes: Sequence[int], window_sizes: Sequence[int],
         if len(entry) != 2:
           raise ValueError(f"`{name}` pairs must be (lo, hi), got {entry!r} in "
                            f"{padding!r}.")
-        pairs.append((_as_int(entry[0], name), _as_int(entry[1], name)))
+        pairs.append((as_int(entry[0], name), as_int(entry[1], name)))
       else:
-        value = _as_int(entry, name)
+        value = as_int(entry, name)
         pairs.append((value, value))
     pads = tuple(pairs)
   else:
-    value = _as_int(padding, name)
+    value = as_int(padding, name)
     pads = ((value, value),) * n
   if not allow_negative and any(lo < 0 or hi < 0 for lo, hi in pads):
     raise ValueError(f"`{name}` must be non-negative, got {pads!r}.")
@@ -208,6 +243,61 @@ def check_floating(x, name: str) -> np.dtype:
         f"`{name}` must have a real floating-point dtype (float16, bfloat16, "
         f"float32, float64), got {dtype}.")
   return dtype
+
+
+def as_array(x, name: str) -> jax.Array:
+  """``x`` as a JAX array with the dtype lax would give it.
+
+  NumPy arrays are converted the way lax converts its operands, before any
+  dtype check: with 64-bit types disabled (JAX's default) a float64 array
+  becomes float32 and a complex128 one complex64. JAX arrays and tracers
+  pass unchanged, weak types included.
+
+  Args:
+    x: a JAX or NumPy array (or NumPy scalar).
+    name: the argument's name, used in error messages.
+
+  Returns:
+    A JAX array (or the tracer itself).
+
+  Raises:
+    TypeError: ``x`` is not an array (a list or a Python scalar, say).
+  """
+  if isinstance(x, (jax.Array, jax.core.Tracer)):
+    return x
+  if not isinstance(x, (np.ndarray, np.generic)):
+    raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
+                    f"{type(x).__name__}.")
+  return jnp.asarray(x)
+
+
+def check_inexact(x, name: str) -> np.dtype:
+  """Raises TypeError unless ``x`` is a floating-point or complex array."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
+                    f"{type(x).__name__}.")
+  dtype = np.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    raise TypeError(
+        f"`{name}` must have a floating-point or complex dtype (float16, "
+        f"bfloat16, float32, float64, complex64, complex128), got {dtype}.")
+  return dtype
+
+
+def check_same_inexact(a, b, a_name: str = "lhs", b_name: str = "rhs"):
+  """Raises TypeError unless ``a`` and ``b`` are inexact with one dtype.
+
+  Returns:
+    The common dtype.
+  """
+  a_dtype = check_inexact(a, a_name)
+  b_dtype = check_inexact(b, b_name)
+  if a_dtype != b_dtype:
+    raise TypeError(
+        f"`{a_name}` and `{b_name}` must have the same dtype, got {a_dtype} "
+        f"and {b_dtype}; cast one of them explicitly.")
+  return a_dtype
 
 
 def check_same_floating(a, b, a_name: str = "lhs", b_name: str = "rhs"):

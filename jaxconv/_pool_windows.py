@@ -16,7 +16,10 @@ This module holds the pieces shared by the max, min, average and Lp rules:
 * :func:`scatter_to_input`, its transpose: the sum over offsets of per-window
   terms placed back at their taps, computed phase by phase (eq. (46));
 * static NumPy tables derived from the geometry: which taps are real, the first
-  real tap of each window, and the average's divisor (eq. (39)).
+  real tap of each window, and the average's divisor (eq. (39));
+* :class:`AdaptiveGeometry` and the static tables of adaptive pooling, whose
+  windows are not evenly spaced (eq. (49)): the taps of every window and, for
+  the backward, the windows that contain every input position.
 
 Arrays here are canonical: ``(batch, *spatial, features)`` with exactly one
 batch axis. The public functions flatten and restore the user's leading axes.
@@ -468,6 +471,140 @@ def scatter_to_input(term: Callable[[int, tuple[int, ...]], jax.Array],
 
 
 # ----------------------------------------------------------------------------
+# Adaptive windows, eq. (49).
+# ----------------------------------------------------------------------------
+
+
+class AdaptiveGeometry(NamedTuple):
+  """The windows of adaptive pooling: an input and an output size per dimension.
+
+  Built by :func:`adaptive_geometry` at the public boundary and trusted
+  afterwards. The windows of a dimension follow from its two sizes alone
+  (:func:`adaptive_bounds`); the window of an output element is the box of
+  its per-dimension windows.
+
+  Attributes:
+    in_sizes: the spatial sizes of the input, each ``>= 1``.
+    out_sizes: the spatial sizes of the output, each ``>= 0``.
+  """
+  in_sizes: tuple[int, ...]
+  out_sizes: tuple[int, ...]
+
+  @property
+  def rank(self) -> int:
+    """The number of spatial dimensions."""
+    return len(self.in_sizes)
+
+
+def adaptive_geometry(shape: Sequence[int], output_size) -> AdaptiveGeometry:
+  """Validates an adaptive pooling's ``output_size`` against ``x.shape``.
+
+  Args:
+    shape: the input's shape, ``(batch..., *spatial, features)``.
+    output_size: a sequence with one entry per spatial dimension (its length
+      sets their number): an int ``>= 0``, or ``None`` to keep the input's
+      size, as in PyTorch.
+
+  Returns:
+    The :class:`AdaptiveGeometry`.
+
+  Raises:
+    TypeError: ``output_size`` is not a sequence or holds a non-integer.
+    ValueError: a negative entry, more entries than ``x`` has spatial axes,
+      or an empty spatial axis.
+  """
+  if not _is_sequence(output_size):
+    raise TypeError(
+        "`output_size` must be a sequence with one int (or None) per spatial "
+        "dimension (it also sets their number), got "
+        f"{output_size!r} (type {type(output_size).__name__}).")
+  rank = len(output_size)
+  if rank == 0:
+    raise ValueError("`output_size` must have at least one entry, got ().")
+  shape = tuple(shape)
+  if len(shape) < rank + 1:
+    raise ValueError(
+        f"`output_size` {tuple(output_size)!r} has {rank} dimensions, but the "
+        f"input of shape {shape} has only {max(len(shape) - 1, 0)} spatial "
+        "dimensions (the layout is (batch..., *spatial, features)).")
+  if any(isinstance(m, jax.core.Tracer) for m in output_size):
+    raise TypeError(
+        "`output_size` must hold static Python ints, got a traced value: it "
+        "sets the output's shape, so it must be known while tracing.")
+  in_sizes = tuple(shape[len(shape) - rank - 1:-1])
+  entries = tuple(n if m is None else m for m, n in zip(output_size, in_sizes))
+  out_sizes = _geometry.int_tuple(entries, rank, "output_size", minimum=0)
+  for dim, (n, m) in enumerate(zip(in_sizes, out_sizes)):
+    if n == 0 and m > 0:
+      raise ValueError(
+          f"The input has size 0 along spatial dimension {dim}, so the "
+          f"{m} adaptive windows there would be empty; every window needs at "
+          "least one element.")
+  return AdaptiveGeometry(in_sizes, out_sizes)
+
+
+def adaptive_bounds(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+  """Eq. (49): window ``i`` of ``m`` over ``n`` inputs is ``[start, end)``.
+
+  ``start = floor(i n / m)`` and ``end = ceil((i + 1) n / m)`` (PyTorch's
+  rule), in exact integer arithmetic.
+
+  Returns:
+    ``(starts, ends)``, two int64 arrays of length ``m``.
+  """
+  i = np.arange(m, dtype=np.int64)
+  return (i * n) // m, -((-(i + 1) * n) // m)
+
+
+def is_partition(n: int, m: int) -> bool:
+  """Whether the ``m`` windows over ``n`` inputs are equal and disjoint.
+
+  Then window ``i`` is ``[i n/m, (i + 1) n/m)`` and gathering the windows is a
+  reshape.
+  """
+  return m > 0 and n % m == 0
+
+
+def adaptive_taps(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+  """The taps of every window of one dimension, for the forward gather.
+
+  Returns:
+    ``(positions, lengths)``: ``positions`` is ``(m, K)`` with ``K`` the
+    longest window, ``positions[i, k] = start[i] + k`` for the window's taps
+    and ``n`` (one past the input) for ``k >= lengths[i]``; ``lengths[i] =
+    end[i] - start[i]``.
+  """
+  starts, ends = adaptive_bounds(n, m)
+  lengths = ends - starts
+  taps = int(lengths.max()) if m else 0
+  k = np.arange(taps)
+  positions = np.where(k < lengths[:, None], starts[:, None] + k, n)
+  return positions, lengths
+
+
+def adaptive_containing(n: int, m: int) -> np.ndarray:
+  """The windows that contain every input position, for the backward gather.
+
+  The transpose of :func:`adaptive_taps`. Window ``i`` contains ``j`` when
+  ``floor(i n / m) <= j < ceil((i + 1) n / m)``, that is when
+  ``j m / n - 1 < i < (j + 1) m / n``: the windows containing ``j`` are
+  ``[floor(j m / n), ceil((j + 1) m / n))``, eq. (49) with ``n`` and ``m``
+  exchanged -- at most ``ceil(m / n) + 1`` of them (2 when ``m <= n``).
+
+  Returns:
+    ``(n, J)``: ``windows[j, r]`` is the ``r``-th window containing ``j``, in
+    increasing order, and ``m`` (one past the last window) where there are
+    fewer than ``J``.
+  """
+  if m == 0:
+    return np.zeros((n, 0), np.int64)
+  first, last = adaptive_bounds(m, n)
+  count = last - first
+  r = np.arange(int(count.max()) if n else 0)
+  return np.where(r < count[:, None], first[:, None] + r, m)
+
+
+# ----------------------------------------------------------------------------
 # Layout and dtypes.
 # ----------------------------------------------------------------------------
 
@@ -487,6 +624,94 @@ def accumulation_dtype(dtype) -> np.dtype:
   """float32 for float16/bfloat16 sums, the dtype itself otherwise."""
   dtype = np.dtype(dtype)
   return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def real_dtype(dtype) -> np.dtype:
+  """The real dtype of the same precision: float32 for complex64."""
+  return np.dtype(jnp.finfo(dtype).dtype)
+
+
+def check_dtype(x, name: str, *, allow_complex: bool = False,
+                operation: str = "pooling") -> np.dtype:
+  """Checks that ``x`` is an array of a dtype ``operation`` accepts.
+
+  Real floating-point dtypes are always accepted; complex ones where
+  ``allow_complex`` (average pooling, a linear map). NumPy float64 becomes
+  float32 when ``jax_enable_x64`` is off, as ``jnp.asarray`` makes it.
+
+  Returns:
+    The canonical dtype of ``x``.
+
+  Raises:
+    TypeError: ``x`` is not an array or has another dtype.
+  """
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
+                    f"{type(x).__name__}.")
+  dtype = np.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating):
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    if allow_complex:
+      return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    hint = (" Pool `jnp.abs(x)`, or the real and imaginary parts "
+            "separately." if name == "x" else "")
+    raise TypeError(
+        f"`{name}` must have a real floating-point dtype (float16, bfloat16, "
+        f"float32, float64) for {operation}, got {dtype}: complex numbers "
+        f"have no order.{hint}")
+  accepted = ("float16, bfloat16, float32, float64, complex64, complex128"
+              if allow_complex else "float16, bfloat16, float32, float64")
+  kind = "floating-point or complex" if allow_complex else (
+      "real floating-point")
+  raise TypeError(
+      f"`{name}` must have a {kind} dtype ({accepted}), got {dtype}.")
+
+
+def check_cotangent(cotangent, dtype, expected_shape: Sequence[int], *,
+                    allow_complex: bool, operation: str) -> None:
+  """Checks a gradient function's ``cotangent`` against its output.
+
+  Args:
+    cotangent: the cotangent passed by the user.
+    dtype: the canonical dtype of the primal input ``x``.
+    expected_shape: the shape of the output.
+    allow_complex: whether the operation takes complex inputs.
+    operation: the operation's name, for the messages.
+
+  Raises:
+    TypeError: a dtype :func:`check_dtype` refuses, or a complex cotangent
+      for a real ``x``.
+    ValueError: the shape is not the output's.
+  """
+  ct_dtype = check_dtype(cotangent, "cotangent", allow_complex=allow_complex,
+                         operation=operation)
+  if (jnp.issubdtype(ct_dtype, jnp.complexfloating)
+      and not jnp.issubdtype(dtype, jnp.complexfloating)):
+    raise TypeError(
+        f"`cotangent` is {ct_dtype} but `x` is {dtype}: the cotangent of a "
+        "real output must be real.")
+  if tuple(cotangent.shape) != tuple(expected_shape):
+    raise ValueError(
+        f"`cotangent` must have the pooled output's shape "
+        f"{tuple(expected_shape)}, got {tuple(cotangent.shape)}.")
+
+
+def flat_index_dtype(in_sizes: Sequence[int]) -> np.dtype:
+  """int32, or int64 when ``prod(in_sizes)`` needs it, for flat indices.
+
+  Raises:
+    ValueError: int64 is needed but ``jax_enable_x64`` is off.
+  """
+  total = math.prod(in_sizes)
+  if total <= np.iinfo(np.int32).max:
+    return np.dtype(np.int32)
+  if not jax.config.read("jax_enable_x64"):
+    raise ValueError(
+        f"The input has {total} spatial positions, too many for int32 "
+        "indices; enable `jax_enable_x64` for int64 indices.")
+  return np.dtype(np.int64)
 
 
 def offset_dtype(geometry: PoolGeometry) -> np.dtype:

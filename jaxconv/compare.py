@@ -3,14 +3,18 @@
 Run ``python -m jaxconv.compare`` (or ``jaxconv-compare``) for the built-in
 sweep, or describe one configuration on the command line::
 
-    python -m jaxconv.compare --conv "input=8x32x32x16 kernel=3x3x16x32 stride=2 padding=SAME"
-    python -m jaxconv.compare --conv-transpose "input=2x9x9x4 kernel=3x3x4x6 stride=2 padding=VALID"
+    python -m jaxconv.compare \
+        --conv "input=8x32x32x16 kernel=3x3x16x32 stride=2 padding=SAME"
+    python -m jaxconv.compare \
+        --conv-transpose "input=2x9x9x4 kernel=3x3x4x6 stride=2 padding=VALID"
 
 For each configuration it prints the largest absolute and relative difference
 of the output and of every gradient between jaxconv and lax (same inputs, same
 random cotangent), and the ratio of the jitted forward+backward times
 (jaxconv / lax; below 1 means jaxconv is faster). The exit status is 1 if any
-relative difference exceeds the dtype's tolerance, else 0.
+relative difference exceeds the dtype's tolerance, 2 if a case given on the
+command line is malformed or describes an impossible convolution (reported
+in one line on stderr), else 0.
 
 Relative difference: ``max |ours - lax| / max(1, max |lax|)``.
 """
@@ -30,7 +34,7 @@ from jax import lax
 
 import jaxconv
 
-__all__ = ["Case", "CASES", "compare_case", "conv_case", "main",
+__all__ = ["Case", "CASES", "check_case", "compare_case", "conv_case", "main",
            "pool_case", "register_case", "TOLERANCE"]
 
 # Largest accepted relative difference per dtype (both sides in that dtype).
@@ -84,8 +88,14 @@ def _channels_last(n: int) -> tuple[str, str, str]:
   return "N" + letters + "C", letters + "IO", "N" + letters + "C"
 
 
+# PyTorch's padding modes, as jnp.pad's modes (lax's side of a case).
+_NUMPY_PADDING_MODES = {"zeros": "constant", "circular": "wrap",
+                        "reflect": "reflect", "replicate": "edge"}
+
+
 def conv_case(input_shape, kernel_shape, stride=1, padding="VALID", dilation=1,
-              groups=1, transpose=False, name=None) -> Case:
+              groups=1, transpose=False, name=None,
+              padding_mode="zeros") -> Case:
   """A channels-last convolution (or transposed convolution) case.
 
   Args:
@@ -96,10 +106,18 @@ def conv_case(input_shape, kernel_shape, stride=1, padding="VALID", dilation=1,
       ``transpose``: as in ``jaxconv.conv_transpose``, ``groups`` must be 1).
     transpose: compare ``conv_transpose`` instead of ``conv``.
     name: the label; made from the arguments when ``None``.
+    padding_mode: as in ``jaxconv.conv`` (``"zeros"``, ``"circular"``,
+      ``"reflect"``, ``"replicate"``); lax's side pads with ``jnp.pad`` and
+      convolves without padding. Not for ``transpose``.
 
   Returns:
     A ``Case`` comparing jaxconv with lax.
   """
+  if padding_mode not in _NUMPY_PADDING_MODES:
+    raise ValueError(f"padding_mode must be one of "
+                     f"{tuple(_NUMPY_PADDING_MODES)}, got {padding_mode!r}")
+  if transpose and padding_mode != "zeros":
+    raise ValueError("padding_mode is for conv cases, not conv_transpose")
   n = len(kernel_shape) - 2
   layout = _channels_last(n)
   strides = (stride,) * n if isinstance(stride, int) else tuple(stride)
@@ -109,22 +127,43 @@ def conv_case(input_shape, kernel_shape, stride=1, padding="VALID", dilation=1,
     name = (f"{kind} {'x'.join(map(str, input_shape))} k"
             f"{'x'.join(map(str, kernel_shape))} s{stride} {padding}"
             + (f" d{dilation}" if dilation != 1 else "")
-            + (f" g{groups}" if groups != 1 else ""))
+            + (f" g{groups}" if groups != 1 else "")
+            + (f" {padding_mode}" if padding_mode != "zeros" else ""))
   if transpose:
-    ours = lambda x, w: jaxconv.conv_transpose(
-        x, w, strides, padding, dilations, layout)
-    theirs = lambda x, w: lax.conv_transpose(
-        x, w, strides, padding, dilations, layout)
+    def ours(x, w):
+      return jaxconv.conv_transpose(x, w, strides, padding, dilations, layout)
+
+    def theirs(x, w):
+      return lax.conv_transpose(x, w, strides, padding, dilations, layout)
   else:
     lax_padding = padding
     if not isinstance(padding, str):
       # conv's int / per-dimension padding is symmetric.
-      lax_padding = jaxconv.convolution._layer_padding(padding, n)
-    ours = lambda x, w: jaxconv.conv(x, w, stride=stride, padding=padding,
-                                     dilation=dilation, groups=groups)
-    theirs = lambda x, w: lax.conv_general_dilated(
-        x, w, strides, lax_padding, rhs_dilation=dilations,
-        dimension_numbers=layout, feature_group_count=groups)
+      lax_padding = jaxconv.convolution.layer_padding(padding, n)
+
+    if padding_mode != "zeros":
+      if isinstance(padding, str):
+        windows = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:n],
+                                                   dilations)]
+        lax_padding = lax.padtype_to_pads(input_shape[1:-1], windows,
+                                          strides, padding)
+      pad_width = ((0, 0),) + tuple(map(tuple, lax_padding)) + ((0, 0),)
+      numpy_mode = _NUMPY_PADDING_MODES[padding_mode]
+      lax_padding = "VALID"
+    else:
+      pad_width = numpy_mode = None
+
+    def ours(x, w):
+      return jaxconv.conv(x, w, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups,
+                          padding_mode=padding_mode)
+
+    def theirs(x, w):
+      if pad_width is not None:
+        x = jnp.pad(x, pad_width, mode=numpy_mode)
+      return lax.conv_general_dilated(
+          x, w, strides, lax_padding, rhs_dilation=dilations,
+          dimension_numbers=layout, feature_group_count=groups)
   return Case(name, (tuple(input_shape), tuple(kernel_shape)), ours, theirs,
               ("input", "kernel"))
 
@@ -191,14 +230,20 @@ def pool_case(kind, input_shape, window_shape, strides=None, padding="VALID",
     return lax.reduce_window(x, init, op, dims, steps, pads)
 
   if kind == "max":
-    ours = lambda x: jaxconv.max_pool(x, window, strides, padding)
-    theirs = lambda x: reduce(x, -jnp.inf, lax.max)
+    def ours(x):
+      return jaxconv.max_pool(x, window, strides, padding)
+
+    def theirs(x):
+      return reduce(x, -jnp.inf, lax.max)
   elif kind == "min":
-    ours = lambda x: jaxconv.min_pool(x, window, strides, padding)
-    theirs = lambda x: reduce(x, jnp.inf, lax.min)
+    def ours(x):
+      return jaxconv.min_pool(x, window, strides, padding)
+
+    def theirs(x):
+      return reduce(x, jnp.inf, lax.min)
   elif kind == "avg":
-    ours = lambda x: jaxconv.avg_pool(x, window, strides, padding,
-                                      count_include_pad)
+    def ours(x):
+      return jaxconv.avg_pool(x, window, strides, padding, count_include_pad)
 
     def theirs(x):
       if count_include_pad:
@@ -207,8 +252,11 @@ def pool_case(kind, input_shape, window_shape, strides=None, padding="VALID",
                       lax.add)
       return reduce(x, 0.0, lax.add) / counts
   elif kind == "lp":
-    ours = lambda x: jaxconv.lp_pool(x, p, window, strides, padding)
-    theirs = lambda x: reduce(jnp.abs(x) ** p, 0.0, lax.add) ** (1.0 / p)
+    def ours(x):
+      return jaxconv.lp_pool(x, p, window, strides, padding)
+
+    def theirs(x):
+      return reduce(jnp.abs(x) ** p, 0.0, lax.add) ** (1.0 / p)
   else:
     raise ValueError(f"kind must be max, min, avg or lp, got {kind!r}")
   return Case(name, (tuple(input_shape),), ours, theirs, ("input",))
@@ -316,12 +364,24 @@ def compare_case(case: Case, dtype="float32", seed: int = 0,
               tolerance=tolerance)
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
-  return tuple(int(v) for v in text.lower().split("x"))
+def _parse_int(text: str, key: str) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f"{key}= must be an integer, got {text!r}") from None
 
 
-def _parse_ints(text: str):
-  values = _parse_shape(text) if "x" in text.lower() else (int(text),)
+def _parse_shape(text: str, key: str = "shape") -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in text.lower().split("x"))
+  except ValueError:
+    raise ValueError(
+        f"{key}= must be sizes joined by 'x' (like 8x32x32x16), got "
+        f"{text!r}") from None
+
+
+def _parse_ints(text: str, key: str = "value"):
+  values = _parse_shape(text, key)
   return values[0] if len(values) == 1 else values
 
 
@@ -330,20 +390,27 @@ def parse_conv_spec(spec: str, transpose: bool = False) -> Case:
 
   Keys: ``input`` and ``kernel`` (required, shapes as ``AxBxC``), ``stride``,
   ``dilation`` (an int or ``AxB``), ``padding`` (``SAME``, ``VALID`` or an
-  int), ``groups``.
+  int), ``groups``, ``padding_mode`` (``zeros``, ``circular``, ``reflect``,
+  ``replicate``; not for transposed convolutions).
   """
-  fields = _fields(spec, required={"input", "kernel"},
-                   optional={"stride", "dilation", "padding", "groups"})
+  optional = {"stride", "dilation", "padding", "groups"}
+  if not transpose:
+    optional.add("padding_mode")
+  fields = _fields(spec, required={"input", "kernel"}, optional=optional)
   padding = fields.get("padding", "VALID")
   if padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
-    padding = int(padding)
+    padding = _parse_int(padding, "padding")
   else:
     padding = padding.upper()
-  return conv_case(_parse_shape(fields["input"]), _parse_shape(fields["kernel"]),
-                   stride=_parse_ints(fields.get("stride", "1")),
+  return conv_case(_parse_shape(fields["input"], "input"),
+                   _parse_shape(fields["kernel"], "kernel"),
+                   stride=_parse_ints(fields.get("stride", "1"), "stride"),
                    padding=padding,
-                   dilation=_parse_ints(fields.get("dilation", "1")),
-                   groups=int(fields.get("groups", "1")), transpose=transpose)
+                   dilation=_parse_ints(fields.get("dilation", "1"),
+                                        "dilation"),
+                   groups=_parse_int(fields.get("groups", "1"), "groups"),
+                   transpose=transpose,
+                   padding_mode=fields.get("padding_mode", "zeros").lower())
 
 
 def parse_pool_spec(spec: str) -> Case:
@@ -362,19 +429,24 @@ def parse_pool_spec(spec: str) -> Case:
   """
   fields = _fields(spec, required={"kind", "input", "window"},
                    optional={"stride", "padding", "p", "count_include_pad"})
-  window = _parse_shape(fields["window"])
-  stride = _parse_ints(fields.get("stride", "1"))
+  window = _parse_shape(fields["window"], "window")
+  stride = _parse_ints(fields.get("stride", "1"), "stride")
   strides = (stride,) * len(window) if isinstance(stride, int) else stride
   padding = fields.get("padding", "VALID").upper()
   if padding not in ("SAME", "VALID"):
-    padding = ((int(padding),) * 2,) * len(window)
+    padding = ((_parse_int(padding, "padding"),) * 2,) * len(window)
   kind = fields["kind"].lower()
   if kind not in ("max", "min", "avg", "lp"):
     raise ValueError(f"kind must be max, min, avg or lp; got {kind!r}")
-  p = float(fields["p"]) if "p" in fields else (2.0 if kind == "lp" else None)
+  try:
+    p = float(fields["p"]) if "p" in fields else (2.0 if kind == "lp"
+                                                 else None)
+  except ValueError:
+    raise ValueError(f"p= must be a number, got {fields['p']!r}") from None
   count = fields.get("count_include_pad", "true").lower() in ("true", "1",
                                                               "yes")
-  return pool_case(kind, _parse_shape(fields["input"]), window, strides,
+  return pool_case(kind, _parse_shape(fields["input"], "input"), window,
+                   strides,
                    padding, p=p, count_include_pad=count)
 
 
@@ -392,6 +464,29 @@ def _fields(spec: str, required: set, optional: set) -> dict:
         f"accepts {', '.join(sorted(k + '=' for k in optional))}; got "
         f"{sorted(fields)}")
   return fields
+
+
+def check_case(case: Case, dtype="float32") -> None:
+  """Traces both sides of a case on abstract inputs, without computing.
+
+  Args:
+    case: the ``Case``.
+    dtype: the inputs' dtype.
+
+  Returns:
+    ``None`` when both sides accept the case.
+
+  Raises:
+    ValueError, TypeError: a side refuses the case (a kernel that does not
+      match the input, say), with that side's message.
+  """
+  args = [jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for shape in case.shapes]
+  jax.eval_shape(case.ours, *args)
+  jax.eval_shape(case.theirs, *args)
+
+
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
 
 
 def format_table(results: Sequence[dict]) -> str:
@@ -418,8 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       ``sys.argv[1:]``.
 
   Returns:
-    The exit status: 1 if any difference exceeds the dtype's tolerance,
-    else 0.
+    The exit status: 1 if any difference exceeds the dtype's tolerance, 2 if
+    a case on the command line is malformed or impossible (one line on
+    stderr says why), else 0.
   """
   parser = argparse.ArgumentParser(
       prog="python -m jaxconv.compare",
@@ -428,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "tolerance.")
   parser.add_argument("--conv", action="append", default=[], metavar="SPEC",
                       help='a conv case, e.g. "input=8x32x32x16 '
-                           'kernel=3x3x16x32 stride=2 padding=SAME"')
+                           'kernel=3x3x16x32 stride=2 padding=SAME" '
+                           '(padding_mode=circular|reflect|replicate)')
   parser.add_argument("--conv-transpose", action="append", default=[],
                       metavar="SPEC", help="a conv_transpose case, same keys")
   parser.add_argument("--pool", action="append", default=[], metavar="SPEC",
@@ -442,30 +539,41 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
-  try:
-    cases = ([parse_conv_spec(s) for s in args.conv]
-             + [parse_conv_spec(s, transpose=True) for s in args.conv_transpose]
-             + [parse_pool_spec(s) for s in args.pool])
-  except ValueError as error:
-    parser.error(str(error))
-  if not cases:
-    cases = list(CASES)
-  results = []
-  for case in cases:
-    results.append(compare_case(case, args.dtype, args.seed, args.repeats))
+  specs = ([("--conv", s, parse_conv_spec) for s in args.conv]
+           + [("--conv-transpose", s,
+               lambda s: parse_conv_spec(s, transpose=True))
+              for s in args.conv_transpose]
+           + [("--pool", s, parse_pool_spec) for s in args.pool])
+  cases = []
+  for option, spec, parse in specs:
+    try:
+      case = parse(spec)
+      check_case(case, args.dtype)
+    except (ValueError, TypeError) as error:
+      print(f"{parser.prog}: error: bad {option} case {spec!r}: "
+            f"{_one_line(error)}", file=sys.stderr)
+      return 2
+    cases.append(case)
+  return _run(cases or list(CASES), args.dtype, args.seed, args.repeats)
+
+
+def _run(cases: Sequence[Case], dtype: str, seed: int, repeats: int) -> int:
+  """Compares ``cases``, prints the table and the verdict, and returns the
+  exit status of :func:`main`: 1 if any difference exceeds the ``dtype``'s
+  tolerance, else 0."""
+  results = [compare_case(case, dtype, seed, repeats) for case in cases]
   print(format_table(results))
   failures = [r["name"] for r in results if not r["ok"]]
   ratios = [r["time_ratio"] for r in results if r["time_ratio"] is not None]
   if ratios:
     print(f"\ntime ratio jaxconv / lax (forward+backward, jitted, median of "
-          f"{args.repeats}): geometric mean {np.exp(np.mean(np.log(ratios))):.2f}")
+          f"{repeats}): geometric mean {np.exp(np.mean(np.log(ratios))):.2f}")
   if failures:
     print(f"\n{len(failures)} of {len(results)} configurations exceed the "
-          f"{args.dtype} tolerance {TOLERANCE[args.dtype]:.1e}: "
-          + ", ".join(failures))
+          f"{dtype} tolerance {TOLERANCE[dtype]:.1e}: " + ", ".join(failures))
     return 1
-  print(f"\nall {len(results)} configurations agree within the {args.dtype} "
-        f"tolerance {TOLERANCE[args.dtype]:.1e}")
+  print(f"\nall {len(results)} configurations agree within the {dtype} "
+        f"tolerance {TOLERANCE[dtype]:.1e}")
   return 0
 
 

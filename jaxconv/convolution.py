@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxconv import _algorithms, _geometry
+from jaxconv import _algorithms, _geometry, _sharding
+from jaxconv import padding as _padding
 
 __all__ = [
     "ConvGeometry",
@@ -73,6 +74,8 @@ class ConvGeometry(NamedTuple):
     preferred_element_type: accumulation/result dtype, or ``None``.
     algorithm: ``"auto"`` or the algorithm forced for every convolution of
       the rule (see ``jaxconv.use_algorithm``).
+    policy: the ``jaxconv.Policy`` that picks the algorithm of each of the
+      rule's convolutions on a CPU (see ``jaxconv.use_policy``).
   """
 
   window_strides: tuple[int, ...]
@@ -85,15 +88,13 @@ class ConvGeometry(NamedTuple):
   precision: Any
   preferred_element_type: Any
   algorithm: str = "auto"
+  policy: Any = None
 
 
 # ---------------------------------------------------------------------------
 # Geometry: shapes and the derived geometries of the two gradients.
 # ---------------------------------------------------------------------------
 
-
-def _spatial(shape: Sequence[int], spec: Sequence[int]) -> tuple[int, ...]:
-  return tuple(int(shape[axis]) for axis in spec[2:])
 
 
 def conv_output_shape(geometry: ConvGeometry, lhs_shape: Sequence[int],
@@ -114,8 +115,8 @@ def conv_output_shape(geometry: ConvGeometry, lhs_shape: Sequence[int],
   sizes = [0] * len(lhs_shape)
   sizes[out_spec[0]] = lhs_shape[lhs_spec[0]] // geometry.batch_group_count
   sizes[out_spec[1]] = rhs_shape[rhs_spec[0]]
-  for i, (n, k) in enumerate(zip(_spatial(lhs_shape, lhs_spec),
-                                 _spatial(rhs_shape, rhs_spec))):
+  for i, (n, k) in enumerate(zip(_geometry.spatial_sizes(lhs_shape, lhs_spec),
+                                 _geometry.spatial_sizes(rhs_shape, rhs_spec))):
     lo, hi = geometry.padding[i]
     padded = _geometry.dilated_size(n, geometry.lhs_dilation[i]) + lo + hi
     window = _geometry.dilated_size(k, geometry.rhs_dilation[i])
@@ -128,8 +129,8 @@ def _stride_remainders(geometry: ConvGeometry, lhs_shape, rhs_shape):
   """``r = P - K_d - (M - 1) s`` per spatial dim: input rows no window reaches."""
   lhs_spec, rhs_spec, _ = geometry.dimension_numbers
   remainders = []
-  for i, (n, k) in enumerate(zip(_spatial(lhs_shape, lhs_spec),
-                                 _spatial(rhs_shape, rhs_spec))):
+  for i, (n, k) in enumerate(zip(_geometry.spatial_sizes(lhs_shape, lhs_spec),
+                                 _geometry.spatial_sizes(rhs_shape, rhs_spec))):
     lo, hi = geometry.padding[i]
     span = (_geometry.dilated_size(n, geometry.lhs_dilation[i]) + lo + hi
             - _geometry.dilated_size(k, geometry.rhs_dilation[i]))
@@ -167,7 +168,7 @@ def input_gradient_geometry(geometry: ConvGeometry, lhs_shape: Sequence[int],
   lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
   remainders = _stride_remainders(geometry, lhs_shape, rhs_shape)
   padding = []
-  for i, k in enumerate(_spatial(rhs_shape, rhs_spec)):
+  for i, k in enumerate(_geometry.spatial_sizes(rhs_shape, rhs_spec)):
     lo, hi = geometry.padding[i]
     full = _geometry.dilated_size(k, geometry.rhs_dilation[i]) - 1
     padding.append((full - lo, full - hi + remainders[i]))
@@ -283,7 +284,27 @@ def _evaluate(lhs, rhs, geometry: ConvGeometry):
   """Computes eq. (5) with the algorithm chosen for this shape (the hot path:
   XLA's convolution or a direct contraction, see ``_algorithms``)."""
   out_shape = conv_output_shape(geometry, lhs.shape, rhs.shape)
-  return _algorithms.evaluate(lhs, rhs, geometry, out_shape)
+  if 0 in out_shape or lhs.size == 0 or rhs.size == 0:
+    # An empty output, or an empty sum in eq. (5) (no input features, or an
+    # empty batch): zeros, as lax returns them, without a convolution.
+    return jnp.zeros(out_shape, geometry.preferred_element_type or lhs.dtype)
+  lhs_spec, rhs_spec, out_spec = geometry.dimension_numbers
+
+  def out_sharding(lhs_sharding, rhs_sharding):
+    # Explicit sharding (see _sharding): the output keeps the input's batch
+    # sharding and the kernel's output-feature sharding; contracted axes
+    # (a kernel gradient's samples) are summed across devices.
+    batch = (lhs_sharding[lhs_spec[0]] if geometry.batch_group_count == 1
+             else None)
+    features = rhs_sharding[rhs_spec[0]]
+    if features is not None and features == batch:
+      features = None
+    return _sharding.spec_from(len(out_shape), [(out_spec[0], batch),
+                                                (out_spec[1], features)])
+
+  return _sharding.run(
+      functools.partial(_algorithms.evaluate, geometry=geometry,
+                        out_shape=out_shape), out_sharding, lhs, rhs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -301,7 +322,8 @@ def _conv_bwd(geometry: ConvGeometry, residuals, cotangent):
   lhs, rhs = residuals
   lhs_grad = _input_gradient(cotangent, rhs, lhs.shape, lhs.dtype, geometry)
   rhs_grad = _kernel_gradient(lhs, cotangent, rhs.shape, rhs.dtype, geometry)
-  return lhs_grad, rhs_grad
+  return (_sharding.summed_like(lhs_grad, lhs),
+          _sharding.summed_like(rhs_grad, rhs))
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -376,13 +398,14 @@ def _broadcast_bias(bias, ndim: int, feature_axis: int):
 
 
 def _add_bias_fwd(y, bias, feature_axis: int):
-  # Nothing to keep: the bias gradient needs only the cotangent.
-  return _add_bias(y, bias, feature_axis), None
+  # The bias gradient needs only the cotangent; the bias itself (one number
+  # per feature) is kept to match its sharding inside shard_map.
+  return _add_bias(y, bias, feature_axis), bias
 
 
-def _add_bias_bwd(feature_axis: int, residuals, cotangent):
-  del residuals
-  return cotangent, _bias_gradient(cotangent, feature_axis)
+def _add_bias_bwd(feature_axis: int, bias, cotangent):
+  return cotangent, _sharding.summed_like(
+      _bias_gradient(cotangent, feature_axis), bias)
 
 
 def _bias_gradient(cotangent, feature_axis: int):
@@ -425,7 +448,7 @@ def _dimension_numbers(lhs_shape, rhs_shape, dimension_numbers):
 
 def _shape_of(value, name: str) -> tuple[int, ...]:
   if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
-    return tuple(_geometry._as_int(v, name) for v in value)
+    return tuple(_geometry.as_int(v, name) for v in value)
   raise TypeError(f"`{name}` must be a sequence of ints, got {value!r}.")
 
 
@@ -476,13 +499,16 @@ def make_conv_geometry(
     *,
     names: dict[str, str] | None = None,
     algorithm: str | None = None,
+    policy=None,
+    allow_empty: bool = False,
 ) -> ConvGeometry:
   """Validates convolution arguments and normalises them into a geometry.
 
   Takes the same arguments as ``lax.conv_general_dilated`` (with shapes in
   place of arrays) and checks everything in Python, so bad input fails with a
   ``ValueError``/``TypeError`` at call time, under ``jit`` and ``eval_shape``
-  alike.
+  alike. Static arguments must be Python ints (or concrete integer arrays),
+  not traced values.
 
   Args:
     lhs_shape: the input's shape.
@@ -496,13 +522,19 @@ def make_conv_geometry(
     feature_group_count: number of feature groups.
     batch_group_count: number of batch groups.
     precision: as in ``lax``.
-    preferred_element_type: accumulation/result dtype or ``None``.
+    preferred_element_type: accumulation/result dtype (floating or complex)
+      or ``None``.
     names: how the caller calls these arguments, for error messages (e.g.
       ``{"window_strides": "stride"}``); missing keys keep the lax names.
     algorithm: ``None`` (the ``use_algorithm`` setting, ``"auto"`` by
       default), ``"auto"``, ``"xla"``, ``"shifted"``, ``"window_dot"``,
       ``"phased"``, ``"split_groups"``, ``"chunked"``, ``"folded"``,
       ``"stacked"``, ``"strips"`` or ``"grown"``.
+    policy: ``None`` (the ``use_policy`` setting, else the host's
+      preset), a ``jaxconv.Policy`` or a preset's name.
+    allow_empty: accept a geometry whose output has a spatial size 0 (a
+      dilated kernel larger than the padded input), as lax does; by default
+      it is refused with a ``ValueError`` listing the sizes.
 
   Returns:
     A ``ConvGeometry``.
@@ -518,18 +550,19 @@ def make_conv_geometry(
                                 default=1)
   rhs_dil = _geometry.int_tuple(rhs_dilation, n, name("rhs_dilation"),
                                 default=1)
-  kernel = _spatial(rhs_shape, rhs_spec)
+  kernel = _geometry.spatial_sizes(rhs_shape, rhs_spec)
   if any(k < 1 for k in kernel):
     raise ValueError(
         f"`{name('rhs')}` spatial sizes must be positive, got {kernel} "
         f"(shape {rhs_shape}).")
-  in_sizes = _spatial(lhs_shape, lhs_spec)
+  in_sizes = _geometry.spatial_sizes(lhs_shape, lhs_spec)
   if isinstance(padding, str) and any(a != 1 for a in lhs_dil):
     raise ValueError(
         f"`{name('padding')}` string {padding!r} is not defined together "
         f"with `{name('lhs_dilation')}` {lhs_dil}; give explicit (lo, hi) "
         f"pairs, or use `conv_transpose` for a fractionally strided "
         f"convolution.")
+  padding = _geometry.concrete(padding, name("padding"))
   if not isinstance(padding, str) and (
       not isinstance(padding, (Sequence, np.ndarray))
       or any(not isinstance(p, (Sequence, np.ndarray)) for p in padding)):
@@ -539,10 +572,17 @@ def make_conv_geometry(
   windows = [_geometry.dilated_size(k, d) for k, d in zip(kernel, rhs_dil)]
   pads = _geometry.padding_pairs(padding, in_sizes, windows, strides,
                                  name=name("padding"))
+  padded = [_geometry.dilated_size(n, a) + lo + hi
+            for n, a, (lo, hi) in zip(in_sizes, lhs_dil, pads)]
+  if any(p < 0 for p in padded):
+    raise ValueError(
+        f"`{name('padding')}` {pads} crops more than the (dilated) input "
+        f"holds: padded spatial sizes {tuple(padded)} for input spatial sizes "
+        f"{in_sizes} and `{name('lhs_dilation')}` {lhs_dil}.")
   groups_name = name("feature_group_count")
   batch_groups_name = name("batch_group_count")
-  groups = _geometry._as_int(feature_group_count, groups_name)
-  batch_groups = _geometry._as_int(batch_group_count, batch_groups_name)
+  groups = _geometry.as_int(feature_group_count, groups_name)
+  batch_groups = _geometry.as_int(batch_group_count, batch_groups_name)
   if groups < 1:
     raise ValueError(f"`{groups_name}` must be positive, got {groups}.")
   if batch_groups < 1:
@@ -562,7 +602,8 @@ def make_conv_geometry(
     raise ValueError(
         f"`{name('rhs')}` input-feature size must be input features / "
         f"{groups_name} = {in_features} / {groups} = "
-        f"{in_features // groups}, got {kernel_in} (shape {rhs_shape}).")
+        f"{in_features // groups}, got {kernel_in} (shape {rhs_shape})."
+        + _kernel_layout_hint(rhs_shape, rhs_spec, in_features // groups))
   if out_features % groups:
     raise ValueError(
         f"`{groups_name}` ({groups}) must divide the kernel's output "
@@ -577,24 +618,85 @@ def make_conv_geometry(
         f"output features ({out_features}).")
   if preferred_element_type is not None:
     preferred = np.dtype(preferred_element_type)
-    if not jnp.issubdtype(preferred, jnp.floating):
+    if not jnp.issubdtype(preferred, jnp.inexact):
       raise TypeError(
-          f"`{name('preferred_element_type')}` must be a floating dtype, got "
-          f"{preferred}.")
-    preferred_element_type = preferred
+          f"`{name('preferred_element_type')}` must be a floating or complex "
+          f"dtype, got {preferred}.")
+    preferred_element_type = jax.dtypes.canonicalize_dtype(preferred)
   precision = _canonical_precision(precision)
   geometry = ConvGeometry(strides, pads, lhs_dil, rhs_dil, dnums, groups,
                           batch_groups, precision, preferred_element_type,
-                          _algorithms.check_algorithm(algorithm))
+                          _algorithms.check_algorithm(algorithm),
+                          _algorithms.check_policy(policy))
   out_shape = conv_output_shape(geometry, lhs_shape, rhs_shape)
-  out_spatial = _spatial(out_shape, dnums.out_spec)
-  if any(m < 1 for m in out_spatial):
+  out_spatial = _geometry.spatial_sizes(out_shape, dnums.out_spec)
+  if not allow_empty and any(m < 1 for m in out_spatial):
     raise ValueError(
         f"The convolution has no output: output spatial sizes {out_spatial} "
         f"for input spatial sizes {in_sizes}, input dilation {lhs_dil}, "
         f"padding {pads}, kernel {kernel}, kernel dilation {rhs_dil}; the "
         f"dilated kernel must fit inside the padded input.")
   return geometry
+
+
+def _kernel_layout_hint(rhs_shape, rhs_spec, expected: int) -> str:
+  """A hint for a kernel whose input-feature axis has the wrong size while
+  another axis has the right one: a kernel in another layout, most often
+  PyTorch's ``(C_out, C_in, *window)`` where ``(*window, C_in, C_out)`` was
+  expected."""
+  others = [axis for axis, size in enumerate(rhs_shape)
+            if axis != rhs_spec[1] and size == expected]
+  if not others:
+    return ""
+  n = len(rhs_shape) - 2
+  channels_last = tuple(rhs_spec) == (n + 1, n) + tuple(range(n))
+  if channels_last and n >= 2 and rhs_shape[1] == expected:
+    order = tuple(range(2, n + 2)) + (1, 0)
+    return (f" It looks like PyTorch's (C_out, C_in, *window) layout; the "
+            f"kernel here is (*window, C_in // groups, C_out): transpose it "
+            f"with `jnp.transpose(w, {order})`.")
+  return (f" Axis {others[0]} has {expected} entries: is the kernel in "
+          f"another layout than `dimension_numbers` says (input features on "
+          f"axis {rhs_spec[1]})?")
+
+
+def _operands(lhs, rhs, lhs_name: str = "lhs", rhs_name: str = "rhs"):
+  """Both operands as lax sees them: NumPy arrays converted to JAX arrays
+  with the canonical dtype (float64 becomes float32 while 64-bit types are
+  off) before the check that they share one floating or complex dtype."""
+  lhs = _geometry.as_array(lhs, lhs_name)
+  rhs = _geometry.as_array(rhs, rhs_name)
+  _geometry.check_same_inexact(lhs, rhs, lhs_name, rhs_name)
+  return lhs, rhs
+
+
+def _check_preferred(dtype, preferred_element_type) -> None:
+  """lax's rule: a real operand accumulates in a real floating dtype, a
+  complex one in a complex dtype, never a narrower one."""
+  if preferred_element_type is None:
+    return
+  preferred = np.dtype(preferred_element_type)
+  complex_operands = jnp.issubdtype(dtype, jnp.complexfloating)
+  kind = jnp.complexfloating if complex_operands else jnp.floating
+  if not jnp.issubdtype(preferred, kind):
+    raise TypeError(
+        f"`preferred_element_type` must be a "
+        f"{'complex' if complex_operands else 'real floating'} dtype for "
+        f"{dtype} operands, got {preferred}.")
+  if preferred.itemsize < np.dtype(dtype).itemsize:
+    raise TypeError(
+        f"`preferred_element_type` must not be narrower than the operands' "
+        f"dtype {dtype}, got {preferred}.")
+
+
+def _check_same_kind(cotangent_dtype, operand_dtype, operand_name: str):
+  """A real cotangent belongs to a real convolution, a complex one to a
+  complex convolution."""
+  if (jnp.issubdtype(cotangent_dtype, jnp.complexfloating)
+      != jnp.issubdtype(operand_dtype, jnp.complexfloating)):
+    raise TypeError(
+        f"`cotangent` and `{operand_name}` must both be real or both be "
+        f"complex, got {cotangent_dtype} and {operand_dtype}.")
 
 
 # ---------------------------------------------------------------------------
@@ -630,7 +732,9 @@ def conv_general_dilated(
   where :math:`\hat x` is the input dilated by ``lhs_dilation`` and padded.
 
   Args:
-    lhs: input, rank ``n + 2``; real floating dtype.
+    lhs: input, rank ``n + 2``; floating or complex dtype. NumPy arrays are
+      converted as lax converts them (float64 becomes float32 while 64-bit
+      types are disabled).
     rhs: kernel, rank ``n + 2``, same dtype as ``lhs``.
     window_strides: an int or ``n`` positive ints.
     padding: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``, or ``n`` ``(lo, hi)``
@@ -655,14 +759,19 @@ def conv_general_dilated(
       The results are the same up to rounding.
 
   Returns:
-    The convolution, in the layout of ``dimension_numbers``' output spec.
-    Gradients with respect to ``lhs`` and ``rhs`` come back in their dtypes.
+    The convolution, in the layout of ``dimension_numbers``' output spec;
+    empty (with zero gradients) where the dilated kernel does not fit the
+    padded input, as in lax. Gradients with respect to ``lhs`` and ``rhs``
+    come back in their dtypes; for complex operands they are JAX's cotangents
+    (the transpose of the linear map, no conjugation: eq. 28).
   """
-  _geometry.check_same_floating(lhs, rhs)
+  lhs, rhs = _operands(lhs, rhs)
   geometry = make_conv_geometry(
       lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-      precision, preferred_element_type, algorithm=algorithm)
+      precision, preferred_element_type, algorithm=algorithm,
+      allow_empty=True)
+  _check_preferred(lhs.dtype, geometry.preferred_element_type)
   return _conv(lhs, rhs, geometry)
 
 
@@ -713,13 +822,18 @@ def conv_input_grad(
   Returns:
     ``dE/dx`` with shape ``lhs_shape`` and ``rhs``'s dtype.
   """
-  _geometry.check_floating(cotangent, "cotangent")
-  rhs_dtype = _geometry.check_floating(rhs, "rhs")
+  cotangent = _geometry.as_array(cotangent, "cotangent")
+  rhs = _geometry.as_array(rhs, "rhs")
+  cotangent_dtype = _geometry.check_inexact(cotangent, "cotangent")
+  rhs_dtype = _geometry.check_inexact(rhs, "rhs")
+  _check_same_kind(cotangent_dtype, rhs_dtype, "rhs")
   lhs_shape = _shape_of(lhs_shape, "lhs_shape")
   geometry = make_conv_geometry(
       lhs_shape, rhs.shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-      precision, preferred_element_type, algorithm=algorithm)
+      precision, preferred_element_type, algorithm=algorithm,
+      allow_empty=True)
+  _check_preferred(rhs_dtype, geometry.preferred_element_type)
   _check_cotangent(cotangent, geometry, lhs_shape, rhs.shape)
   return _input_gradient(cotangent, rhs, lhs_shape, rhs_dtype, geometry)
 
@@ -770,13 +884,18 @@ def conv_kernel_grad(
   Returns:
     ``dE/dw`` with shape ``rhs_shape`` and ``lhs``'s dtype.
   """
-  _geometry.check_floating(cotangent, "cotangent")
-  lhs_dtype = _geometry.check_floating(lhs, "lhs")
+  cotangent = _geometry.as_array(cotangent, "cotangent")
+  lhs = _geometry.as_array(lhs, "lhs")
+  cotangent_dtype = _geometry.check_inexact(cotangent, "cotangent")
+  lhs_dtype = _geometry.check_inexact(lhs, "lhs")
+  _check_same_kind(cotangent_dtype, lhs_dtype, "lhs")
   rhs_shape = _shape_of(rhs_shape, "rhs_shape")
   geometry = make_conv_geometry(
       lhs.shape, rhs_shape, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
-      precision, preferred_element_type, algorithm=algorithm)
+      precision, preferred_element_type, algorithm=algorithm,
+      allow_empty=True)
+  _check_preferred(lhs_dtype, geometry.preferred_element_type)
   _check_cotangent(cotangent, geometry, lhs.shape, rhs_shape)
   return _kernel_gradient(lhs, cotangent, rhs_shape, lhs_dtype, geometry)
 
@@ -794,8 +913,9 @@ def conv_bias_grad(cotangent: jax.Array, feature_axis: int = -1) -> jax.Array:
   Returns:
     A vector with one entry per output feature.
   """
-  _geometry.check_floating(cotangent, "cotangent")
-  axis = _geometry._as_int(feature_axis, "feature_axis")
+  cotangent = _geometry.as_array(cotangent, "cotangent")
+  _geometry.check_inexact(cotangent, "cotangent")
+  axis = _geometry.as_int(feature_axis, "feature_axis")
   if not -cotangent.ndim <= axis < cotangent.ndim:
     raise ValueError(
         f"`feature_axis` must lie in [-{cotangent.ndim}, {cotangent.ndim}) "
@@ -827,6 +947,7 @@ def conv(
     padding="VALID",
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
+    padding_mode: str | None = None,
     algorithm: str | None = None,
 ) -> jax.Array:
   r"""Convolution layer, channels last, with hand-derived gradients.
@@ -837,24 +958,38 @@ def conv(
     z[n, i, o] = \sum_{c} \sum_k w[k, c, o]\, \hat x[n, s i + d k, c] + b[o].
 
   The gradients are eqs. (9) (kernel), (11) (bias: the sum of the deltas) and
-  (12)-(16) (input). Flax's ``nn.Conv`` kernels drop in unchanged.
+  (12)-(16) (input). Flax's ``nn.Conv`` kernels drop in unchanged, and so do
+  its ``"CIRCULAR"``, ``"REFLECT"`` and ``"CAUSAL"`` paddings; PyTorch's
+  ``padding_mode`` is ``padding_mode`` here. A padding mode other than zeros
+  pads the input with ``jaxconv.pad`` (eqs. 25-26) and convolves the result
+  without padding.
 
   Args:
     x: input ``(batch..., *spatial, C_in)``: any number of leading batch
       dimensions (flattened internally), or none for a single example.
-    w: kernel ``(*window, C_in // groups, C_out)``.
-    b: optional bias ``(C_out,)``.
+      Floating or complex.
+    w: kernel ``(*window, C_in // groups, C_out)``, in ``x``'s dtype.
+    b: optional bias ``(C_out,)``, in ``x``'s dtype.
     stride: an int or one per spatial dimension.
-    padding: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``, an int (symmetric,
-      every dimension), one int per dimension, or ``(lo, hi)`` pairs.
+    padding: how much to pad: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``, an
+      int (symmetric, every dimension), one int per dimension, or ``(lo,
+      hi)`` pairs; or Flax's ``"CIRCULAR"`` and ``"REFLECT"`` (``((K_d -
+      1) // 2, K_d // 2)`` per dimension, ``K_d`` the dilated kernel extent,
+      padded circularly or by reflection) and ``"CAUSAL"`` (one spatial
+      dimension: ``(K_d - 1, 0)``).
     dilation: kernel dilation, an int or one per spatial dimension.
     groups: feature groups (``groups = C_in`` gives a depthwise convolution).
+    padding_mode: what fills the padding, as in PyTorch: ``"zeros"`` (the
+      default), ``"circular"``, ``"reflect"`` or ``"replicate"`` (also
+      ``jnp.pad``'s names ``"constant"``, ``"wrap"``, ``"edge"``). With
+      ``"CIRCULAR"`` or ``"REFLECT"`` padding it may be left out or must
+      agree. ``"reflect"`` needs each amount smaller than the input's size.
     algorithm: as in ``conv_general_dilated``.
 
   Returns:
     ``(batch..., *out_spatial, C_out)`` in ``x``'s dtype.
   """
-  _geometry.check_same_floating(x, w, "x", "w")
+  x, w = _operands(x, w, "x", "w")
   n = w.ndim - 2
   if n < 1:
     raise ValueError(
@@ -866,15 +1001,19 @@ def conv(
         f"dimensions (from `w` of shape {w.shape}), got shape {x.shape}.")
   batch_shape = x.shape[:x.ndim - n - 1]
   lhs = x.reshape((int(np.prod(batch_shape, dtype=int)),) + x.shape[-n - 1:])
-  if not isinstance(padding, str):
-    padding = _layer_padding(padding, n)
+  pads, mode = _layer_padding_and_mode(lhs.shape[1:-1], w.shape[:n], stride,
+                                       padding, dilation, padding_mode)
+  if mode != "zeros":
+    lhs = _padding._pad(lhs, ((0, 0),) + pads + ((0, 0),), mode)
+    pads = ((0, 0),) * n
   geometry = make_conv_geometry(
-      lhs.shape, w.shape, stride, padding, None, dilation,
+      lhs.shape, w.shape, stride, pads, None, dilation,
       _channels_last_numbers(n), groups, names=_LAYER_NAMES,
       algorithm=algorithm)
   y = _conv(lhs, w, geometry)
   if b is not None:
-    _geometry.check_floating(b, "b")
+    b = _geometry.as_array(b, "b")
+    _geometry.check_inexact(b, "b")
     if tuple(b.shape) != (w.shape[-1],):
       raise ValueError(
           f"`b` must have shape (C_out,) = ({w.shape[-1]},), got {b.shape}.")
@@ -884,7 +1023,63 @@ def conv(
   return y.reshape(batch_shape + y.shape[1:])
 
 
-def _layer_padding(padding, n):
+_LAYER_PADDING_STRINGS = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR",
+                          "REFLECT", "CAUSAL")
+
+# Flax's padding strings that name a mode as well as an amount.
+_MODE_OF_PADDING = {"CIRCULAR": "circular", "REFLECT": "reflect"}
+
+
+def _layer_padding_and_mode(in_sizes, kernel, stride, padding, dilation,
+                            padding_mode):
+  """``conv``'s padding as ``(lo, hi)`` pairs and the mode filling them.
+
+  Flax's ``"CIRCULAR"`` and ``"REFLECT"`` pad ``((K_d - 1) // 2, K_d // 2)``
+  (whatever the stride) and ``"CAUSAL"`` ``(K_d - 1, 0)``; every other
+  padding means what it means to ``conv_general_dilated``.
+  """
+  n = len(kernel)
+  mode = (None if padding_mode is None
+          else _padding.canonical_mode(padding_mode, "padding_mode"))
+  strides = _geometry.int_tuple(stride, n, "stride")
+  dilations = _geometry.int_tuple(dilation, n, "dilation", default=1)
+  if any(k < 1 for k in kernel):
+    raise ValueError(
+        f"`w` spatial sizes must be positive, got {tuple(kernel)}.")
+  windows = [_geometry.dilated_size(k, d) for k, d in zip(kernel, dilations)]
+  if isinstance(padding, str):
+    key = padding.upper()
+    if key not in _LAYER_PADDING_STRINGS:
+      raise ValueError(
+          f"`padding` string must be one of {_LAYER_PADDING_STRINGS}, got "
+          f"{padding!r}.")
+    if key in _MODE_OF_PADDING:
+      implied = _MODE_OF_PADDING[key]
+      if mode not in (None, implied):
+        raise ValueError(
+            f"`padding` {padding!r} pads in mode {implied!r}; it cannot be "
+            f"combined with `padding_mode` {padding_mode!r}.")
+      mode = implied
+      pads = tuple(((e - 1) // 2, e // 2) for e in windows)
+    elif key == "CAUSAL":
+      if n != 1:
+        raise ValueError(
+            f"`padding` 'CAUSAL' is defined for one spatial dimension (as in "
+            f"Flax), got a kernel with {n}.")
+      pads = ((windows[0] - 1, 0),)
+    else:
+      pads = _geometry.padding_pairs(key, in_sizes, windows, strides)
+  else:
+    pads = layer_padding(padding, n)
+  mode = mode or "zeros"
+  if mode != "zeros":
+    _padding.check_pads(in_sizes, pads, mode, name="padding",
+                        mode_name="padding_mode",
+                        labels=[f"spatial dimension {i}" for i in range(n)])
+  return pads, mode
+
+
+def layer_padding(padding, n):
   """``conv``'s padding: an int or one int per dim means symmetric padding."""
   if isinstance(padding, (Sequence, np.ndarray)):
     entries = list(padding)
@@ -952,7 +1147,8 @@ def conv_transpose(
   Its gradients are those of ``conv_general_dilated`` with that geometry.
 
   Args:
-    lhs: input, rank ``n + 2``.
+    lhs: input, rank ``n + 2`` (``n = 0`` spatial dimensions included, as in
+      lax); floating or complex, NumPy arrays converted as lax converts them.
     rhs: kernel, rank ``n + 2``, same dtype.
     strides: the upsampling factor per spatial dimension.
     padding: ``"SAME"`` (output ``N s``), ``"VALID"`` (output
@@ -971,20 +1167,22 @@ def conv_transpose(
     algorithm: as in ``conv_general_dilated``.
 
   Returns:
-    The transposed convolution, in the output layout.
+    The transposed convolution, in the output layout; empty (with zero
+    gradients) where no window fits, as in lax.
   """
-  _geometry.check_same_floating(lhs, rhs)
-  if lhs.ndim != rhs.ndim or lhs.ndim < 3:
+  lhs, rhs = _operands(lhs, rhs)
+  if lhs.ndim != rhs.ndim or lhs.ndim < 2:
     raise ValueError(
-        f"`lhs` and `rhs` must have the same rank >= 3, got shapes {lhs.shape} "
-        f"and {rhs.shape}.")
+        f"`lhs` and `rhs` must have the same rank >= 2 (batch and feature "
+        f"axes, then the spatial ones), got shapes {lhs.shape} and "
+        f"{rhs.shape}.")
   n = lhs.ndim - 2
   if dimension_numbers is None:
     dimension_numbers = _channels_last_numbers(n)
   dnums = _dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   strides = _geometry.int_tuple(strides, n, "strides")
   dilation = _geometry.int_tuple(rhs_dilation, n, "rhs_dilation", default=1)
-  kernel = _spatial(rhs.shape, dnums.rhs_spec)
+  kernel = _geometry.spatial_sizes(rhs.shape, dnums.rhs_spec)
   extents = [_geometry.dilated_size(k, d) for k, d in zip(kernel, dilation)]
   if isinstance(padding, str):
     if padding.upper() not in ("SAME", "VALID"):
@@ -1004,5 +1202,7 @@ def conv_transpose(
     rhs = jnp.swapaxes(rhs, dnums.rhs_spec[0], dnums.rhs_spec[1])
   geometry = make_conv_geometry(
       lhs.shape, rhs.shape, 1, pads, strides, dilation, dnums, 1, 1,
-      precision, preferred_element_type, algorithm=algorithm)
+      precision, preferred_element_type, algorithm=algorithm,
+      allow_empty=True)
+  _check_preferred(lhs.dtype, geometry.preferred_element_type)
   return _conv(lhs, rhs, geometry)

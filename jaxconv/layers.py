@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxconv import _sharding
 from jaxconv._geometry import check_floating, check_same_floating
 
 __all__ = [
@@ -137,21 +138,24 @@ def _dense(x, w, b):
 #   kernel  (53):  dE/dW_{c,o} = sum_n h_{n,c} delta_{n,o}      = h^T delta
 #   bias    (54):  dE/db_o     = sum_n delta_{n,o}
 #
-# Residuals: the input h (for (53)) and the kernel W (for (52)); whether there
-# is a bias is a Python bool. (53) and (54) sum over every position n because
-# the same W and b serve all of them: weight sharing, as in Part I's (9) and
-# (11).
+# Residuals: the input h (for (53)) and the kernel W (for (52)), and the bias
+# (one number per feature, for its sharding inside shard_map). (53) and (54)
+# sum over every position n because the same W and b serve all of them:
+# weight sharing, as in Part I's (9) and (11).
 
 
 def _dense_fwd(x, w, b):
-  return _dense(x, w, b), (x, w, b is not None)
+  return _dense(x, w, b), (x, w, b)
 
 
 def _dense_bwd(residuals, cotangent):
-  x, w, has_bias = residuals
-  return (dense_input_grad(cotangent, w),
-          dense_kernel_grad(x, cotangent),
-          dense_bias_grad(cotangent) if has_bias else None)
+  x, w, b = residuals
+  # summed_like: inside shard_map, a replicated kernel's gradient is the
+  # whole batch's (the sum over the devices' blocks).
+  return (_sharding.summed_like(dense_input_grad(cotangent, w), x),
+          _sharding.summed_like(dense_kernel_grad(x, cotangent), w),
+          None if b is None else _sharding.summed_like(
+              dense_bias_grad(cotangent), b))
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
@@ -188,7 +192,12 @@ def dense_kernel_grad(x, cotangent):
   """
   x_rows = x.reshape(-1, x.shape[-1])
   cotangent_rows = cotangent.reshape(-1, cotangent.shape[-1])
-  return jnp.matmul(x_rows.T, cotangent_rows, precision=_HIGHEST)
+  # Under explicit sharding the sum over the (sharded) rows is all-reduced:
+  # the gradient is sharded like the features only.
+  return _sharding.run(
+      lambda h, d: jnp.matmul(h.T, d, precision=_HIGHEST),
+      lambda h, d: _sharding.spec_from(2, [(0, h[-1]), (1, d[-1])]),
+      x_rows, cotangent_rows)
 
 
 def dense_bias_grad(cotangent):

@@ -6,9 +6,11 @@ spatial axes only, strides defaulting to 1 -- and carries a ``jax.custom_vjp``
 rule written from the textbook derivation (Part II -- Pooling of
 ``docs/derivation.md``, equations (30)-(48)): max and min pooling route
 each window's cotangent to its first winner, average pooling spreads it over
-the window, Lp pooling scales it by ``sign(x) (|x| / y)^(p-1)``. The gradient pieces are public functions of
-their own (``max_pool_grad``, ``avg_pool_grad``, ...), jit-able and
-differentiable, so second derivatives work too.
+the window, Lp pooling scales it by ``sign(x) (|x| / y)^(p-1)``. The gradient
+pieces are public functions of their own (``max_pool_grad``,
+``avg_pool_grad``, ...), jit-able and differentiable, so second derivatives
+work too. Adaptive and global pooling, whose windows follow from the output
+size, live in :mod:`jaxconv.adaptive_pooling`.
 
 Each rule below has three parts: the documented public function, a private
 ``@jax.custom_vjp`` primal on canonical ``(batch, *spatial, features)`` arrays,
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv import _geometry
+from jaxconv import _geometry, _sharding
 from jaxconv import _pool_windows as windows
 from jaxconv._pool_windows import PoolGeometry
 
@@ -56,9 +58,10 @@ _MIN = "min"
 
 
 def _prepare(x, window_shape, strides, padding, dilation, ceil_mode, *,
-             forbid_empty_windows=False):
+             forbid_empty_windows=False, allow_complex=False,
+             operation="pooling"):
   """Validates ``x`` and the geometry; returns canonical x and the geometry."""
-  _geometry.check_floating(x, "x")
+  windows.check_dtype(x, "x", allow_complex=allow_complex, operation=operation)
   x = jnp.asarray(x)
   geometry = windows.pool_geometry(
       x.shape, window_shape, strides, padding, dilation, ceil_mode,
@@ -69,24 +72,23 @@ def _prepare(x, window_shape, strides, padding, dilation, ceil_mode, *,
 
 def _prepare_with_cotangent(x, cotangent, window_shape, strides, padding,
                             dilation, ceil_mode, *, forbid_empty_windows=False,
-                            read_values=True):
+                            read_values=True, allow_complex=False,
+                            operation="pooling"):
   """Like :func:`_prepare`, also checking the cotangent against the output.
 
   With ``read_values=False`` only ``x.shape`` and ``x.dtype`` are used, so a
   ``jax.ShapeDtypeStruct`` is accepted.
   """
-  dtype = _geometry.check_floating(x, "x")
+  dtype = windows.check_dtype(x, "x", allow_complex=allow_complex,
+                              operation=operation)
   geometry = windows.pool_geometry(
       x.shape, window_shape, strides, padding, dilation, ceil_mode,
       forbid_empty_windows=forbid_empty_windows)
   rank = geometry.rank
   batch_shape = tuple(x.shape[:len(x.shape) - rank - 1])
   expected = batch_shape + geometry.out_sizes + (x.shape[-1],)
-  _geometry.check_floating(cotangent, "cotangent")
-  if tuple(cotangent.shape) != expected:
-    raise ValueError(
-        f"`cotangent` must have the pooled output's shape {expected}, got "
-        f"{tuple(cotangent.shape)}.")
+  windows.check_cotangent(cotangent, dtype, expected,
+                          allow_complex=allow_complex, operation=operation)
   cotangent = windows.to_canonical(jnp.asarray(cotangent, dtype), rank)
   if read_values:
     x = windows.to_canonical(jnp.asarray(x), rank)
@@ -170,7 +172,7 @@ def max_pool(x, window_shape, strides=None, padding="VALID", *, dilation=1,
   """
   xc, geometry, batch_shape = _prepare(
       x, window_shape, strides, padding, dilation, ceil_mode,
-      forbid_empty_windows=True)
+      forbid_empty_windows=True, operation="max pooling")
   y, _ = _extremum_pool(xc, geometry, _MAX)
   return windows.from_canonical(y, batch_shape)
 
@@ -198,7 +200,7 @@ def min_pool(x, window_shape, strides=None, padding="VALID", *, dilation=1,
   """
   xc, geometry, batch_shape = _prepare(
       x, window_shape, strides, padding, dilation, ceil_mode,
-      forbid_empty_windows=True)
+      forbid_empty_windows=True, operation="min pooling")
   y, _ = _extremum_pool(xc, geometry, _MIN)
   return windows.from_canonical(y, batch_shape)
 
@@ -231,7 +233,7 @@ def max_pool_with_indices(x, window_shape, strides=None, padding="VALID", *,
   """
   xc, geometry, batch_shape = _prepare(
       x, window_shape, strides, padding, dilation, ceil_mode,
-      forbid_empty_windows=True)
+      forbid_empty_windows=True, operation="max pooling")
   y, offsets = _extremum_pool(xc, geometry, _MAX)
   indices = winner_indices(offsets, geometry)
   return (windows.from_canonical(y, batch_shape),
@@ -288,7 +290,7 @@ def _extremum_pool_grad(x, cotangent, window_shape, strides, padding, dilation,
                         ceil_mode, select):
   xc, ct, geometry, batch_shape = _prepare_with_cotangent(
       x, cotangent, window_shape, strides, padding, dilation, ceil_mode,
-      forbid_empty_windows=True)
+      forbid_empty_windows=True, operation=f"{select} pooling")
   _, offsets = extremum_and_offsets(jax.lax.stop_gradient(xc), geometry,
                                     select)
   return windows.from_canonical(route_to_winners(ct, offsets, geometry),
@@ -342,6 +344,7 @@ def _extremum_pool_bwd(geometry, select, offsets, cotangents):
 _extremum_pool.defvjp(_extremum_pool_fwd, _extremum_pool_bwd)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry", "select"))
 def extremum_and_offsets(x, geometry: PoolGeometry, select: str):
   """Window maxima (or minima) and their first winners: eqs. (33)-(35), (37).
@@ -412,6 +415,7 @@ def _stored(best, offsets):
                         lambda a, b: (a[0] * b[0], a[1] + b[1]), (0,))
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry",))
 def route_to_winners(cotangent, offsets, geometry: PoolGeometry):
   """Eq. (36): each window's cotangent goes to its winner; overlaps add up.
@@ -437,6 +441,7 @@ def route_to_winners(cotangent, offsets, geometry: PoolGeometry):
   return dx.astype(cotangent.dtype)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry",))
 def winner_indices(offsets, geometry: PoolGeometry):
   """Eq. (47): flat row-major spatial index of each winner in the input.
@@ -448,12 +453,7 @@ def winner_indices(offsets, geometry: PoolGeometry):
   Returns:
     An int32 (int64 if needed) array of the offsets' shape.
   """
-  total = math.prod(geometry.in_sizes)
-  dtype = jnp.int32 if total <= np.iinfo(np.int32).max else jnp.int64
-  if dtype == jnp.int64 and not jax.config.read("jax_enable_x64"):
-    raise ValueError(
-        f"The input has {total} spatial positions, too many for int32 "
-        "indices; enable `jax_enable_x64` for int64 indices.")
+  dtype = windows.flat_index_dtype(geometry.in_sizes)
   offsets = offsets.astype(dtype)
   flat = None
   window_place = math.prod(geometry.window)
@@ -605,6 +605,7 @@ def _max_unpool_bwd(spatial_shape, indices, cotangent):
 _max_unpool.defvjp(_max_unpool_fwd, _max_unpool_bwd)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("spatial_shape",))
 def scatter_to_unpooled(x, indices, spatial_shape):
   """Eq. (48), forward: canonical values scattered to flat spatial indices."""
@@ -619,6 +620,7 @@ def scatter_to_unpooled(x, indices, spatial_shape):
   return out.reshape((batch,) + tuple(spatial_shape) + (features,))
 
 
+@_sharding.keeps_batch_and_features
 @jax.jit
 def gather_from_unpooled(cotangent, indices):
   """Eq. (48), backward: ``dE/dx[b, i, c] = cotangent[b, indices[b, i, c], c]``.
@@ -640,26 +642,38 @@ def gather_from_unpooled(cotangent, indices):
 
 
 def avg_pool(x, window_shape, strides=None, padding="VALID",
-             count_include_pad=True, *, ceil_mode=False, divisor_override=None):
+             count_include_pad=True, *, dilation=1, ceil_mode=False,
+             divisor_override=None):
   """Average pooling with PyTorch's divisor rules (eqs. (38), (39)).
 
   ``y[i] = (1 / D[i]) * sum of the real taps of window i``. The divisor
-  ``D[i]`` is the number of taps inside the declared padding when
-  ``count_include_pad`` (Flax's and PyTorch's default), the number of real
-  taps otherwise, or ``divisor_override``. Taps of the ceil-mode overhang
-  beyond the padding are never counted. A window made of padding only
-  outputs 0 with zero gradient, also with ``count_include_pad=False``. The
-  gradient spreads ``delta[i] / D[i]`` over the real taps of the window
+  ``D[i]`` counts taps, not positions: the taps inside the declared padding
+  when ``count_include_pad`` (Flax's and PyTorch's default), the real taps
+  otherwise, or ``divisor_override``. With window dilation the positions
+  skipped between taps never count, so the full window divides by
+  ``prod(window_shape)``, as a sum over ``lax.reduce_window`` with
+  ``window_dilation`` divided by its count of taps. Taps of the ceil-mode
+  overhang beyond the padding are never counted. A window made of padding
+  only outputs 0 with zero gradient, also with ``count_include_pad=False``.
+  The gradient spreads ``delta[i] / D[i]`` over the real taps of the window
   (eq. (40)); the backward keeps nothing but the static geometry.
 
+  Complex inputs are averaged as they are (real and imaginary parts alike);
+  the gradient follows JAX's convention for a linear map, its transpose
+  without conjugation: the cotangent is spread as it is.
+
   Args:
-    x: input of shape ``(batch..., *spatial, features)``, floating point.
+    x: input of shape ``(batch..., *spatial, features)``, floating point or
+      complex.
     window_shape: the number of taps per spatial dimension; its length sets
       the number of spatial dimensions.
     strides: an int or one int per spatial dimension; default 1.
     padding: ``"SAME"``, ``"VALID"``, ``"SAME_LOWER"``, an int, one int per
-      dimension or ``(lo, hi)`` pairs; non-negative.
+      dimension or ``(lo, hi)`` pairs; non-negative. ``"SAME"`` uses the
+      dilated window extent.
     count_include_pad: whether padding taps count in the divisor.
+    dilation: window dilation, an int or one per spatial dimension: tap ``k``
+      of a window reads ``dilation * k`` positions after its first.
     ceil_mode: PyTorch's ``ceil_mode`` (eq. (31)).
     divisor_override: a nonzero int that replaces every divisor.
 
@@ -668,38 +682,39 @@ def avg_pool(x, window_shape, strides=None, padding="VALID",
     (summed in float32 for 16-bit dtypes).
 
   Raises:
-    TypeError: ``x`` is not a real floating-point array, or an argument has
-      the wrong type.
-    ValueError: window or stride ``<= 0``, lengths that do not match the
-      spatial rank, negative padding, output size ``< 1``, divisor 0.
+    TypeError: ``x`` is not a floating-point or complex array, or an argument
+      has the wrong type.
+    ValueError: window, stride or dilation ``<= 0``, lengths that do not match
+      the spatial rank, negative padding, output size ``< 1``, divisor 0.
   """
   count_include_pad = windows.check_flag(count_include_pad,
                                           "count_include_pad")
   divisor_override = _check_divisor_override(divisor_override)
-  xc, geometry, batch_shape = _prepare(x, window_shape, strides, padding, 1,
-                                       ceil_mode)
+  xc, geometry, batch_shape = _prepare(x, window_shape, strides, padding,
+                                       dilation, ceil_mode, allow_complex=True)
   y = _avg_pool(xc, geometry, count_include_pad, divisor_override)
   return windows.from_canonical(y, batch_shape)
 
 
 def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
-                  count_include_pad=True, *, ceil_mode=False,
+                  count_include_pad=True, *, dilation=1, ceil_mode=False,
                   divisor_override=None):
   """The input gradient of :func:`avg_pool`: eq. (40).
 
   ``dE/dx[j] = sum over the windows i with a tap at j of delta[i] / D[i]``,
-  with ``delta`` the cotangent.
+  with ``delta`` the cotangent (not conjugated when complex).
   Linear in the cotangent; it does not depend on the values of ``x``.
 
   Args:
     x: the primal input or anything with its ``shape`` and ``dtype`` (e.g. a
       ``jax.ShapeDtypeStruct``); only those are read.
     cotangent: the cotangent of the output, ``(batch..., *out_sizes,
-      features)``.
+      features)``; complex only for a complex ``x``.
     window_shape: the number of taps per spatial dimension.
     strides: an int or one int per spatial dimension; default 1.
     padding: as in :func:`avg_pool`.
     count_include_pad: whether padding taps count in the divisor.
+    dilation: window dilation, as in :func:`avg_pool`.
     ceil_mode: PyTorch's ``ceil_mode``.
     divisor_override: a nonzero int that replaces every divisor.
 
@@ -710,8 +725,8 @@ def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
                                           "count_include_pad")
   divisor_override = _check_divisor_override(divisor_override)
   _, ct, geometry, batch_shape = _prepare_with_cotangent(
-      x, cotangent, window_shape, strides, padding, 1, ceil_mode,
-      read_values=False)
+      x, cotangent, window_shape, strides, padding, dilation, ceil_mode,
+      read_values=False, allow_complex=True)
   dx = spread_over_window(ct, geometry, count_include_pad, divisor_override)
   return windows.from_canonical(dx, batch_shape)
 
@@ -722,13 +737,17 @@ def avg_pool_grad(x, cotangent, window_shape, strides=None, padding="VALID",
 #   Forward (38): y[i] = (1 / D[i]) sum over real taps k of x[t(i, k)], with
 #   D[i] from (39): taps inside [-lo, N + hi) (count_include_pad), taps
 #   inside [0, N) (not), or the override -- a product of per-dimension
-#   counts, so a static table. A window with no counted tap has an empty sum;
+#   counts, so a static table. Taps, not positions: with window dilation d
+#   the tap positions t(i, k) = s*i + d*k - lo (32) skip d - 1 positions,
+#   which are not counted. A window with no counted tap has an empty sum;
 #   D = 1 there keeps it at 0 instead of 0/0.
 #
 #   Backward (40): dy[i]/dx[j] = 1 / D[i] for every real tap t(i, k) = j, so
 #       dE/dx[j] = sum over (i, k) with t(i, k) = j of delta[i] / D[i]
 #   -- the scatter (46) of the same term c_k[i] = delta[i] / D[i] for every
 #   tap k; padding taps fall outside the input and are dropped.
+#   Complex x: (38) is a real linear map y = A x; JAX's VJP of a linear map
+#   is its transpose A^T delta, without conjugation, which is (40) as it is.
 #
 #   Residuals: none (the divisor table is a function of the static geometry).
 #   Second order (45): the backward is linear in delta and constant in x.
@@ -772,13 +791,19 @@ def average_divisors(geometry: PoolGeometry, count_include_pad: bool,
 
 
 def _divisors_like(geometry, count_include_pad, divisor_override, dtype):
-  """:func:`average_divisors` shaped to broadcast against ``(B, *out, C)``."""
+  """:func:`average_divisors` shaped to broadcast against ``(B, *out, C)``.
+
+  In the real dtype of ``dtype`` (float32 for complex64): a complex array
+  divided by a real one divides both parts.
+  """
+  dtype = windows.real_dtype(dtype)
   divisors = average_divisors(geometry, count_include_pad, divisor_override)
   if np.ndim(divisors) == 0:
     return jnp.asarray(divisors, dtype)
   return jnp.asarray(divisors.reshape((1,) + divisors.shape + (1,)), dtype)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry", "count_include_pad",
                                              "divisor_override"))
 def window_average(x, geometry: PoolGeometry, count_include_pad: bool,
@@ -807,6 +832,7 @@ def window_average(x, geometry: PoolGeometry, count_include_pad: bool,
   return (total / divisors).astype(x.dtype)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry", "count_include_pad",
                                              "divisor_override"))
 def spread_over_window(cotangent, geometry: PoolGeometry,
@@ -874,7 +900,8 @@ def lp_pool(x, p, window_shape, strides=None, padding="VALID", *, dilation=1,
   """
   p = _check_norm_order(p)
   xc, geometry, batch_shape = _prepare(x, window_shape, strides, padding,
-                                       dilation, ceil_mode)
+                                       dilation, ceil_mode,
+                                       operation="Lp pooling")
   if math.isinf(p):
     y, _, _ = _max_abs_pool(xc, geometry)
   else:
@@ -905,7 +932,8 @@ def lp_pool_grad(x, cotangent, p, window_shape, strides=None, padding="VALID",
   """
   p = _check_norm_order(p)
   xc, ct, geometry, batch_shape = _prepare_with_cotangent(
-      x, cotangent, window_shape, strides, padding, dilation, ceil_mode)
+      x, cotangent, window_shape, strides, padding, dilation, ceil_mode,
+      operation="Lp pooling")
   xc = jax.lax.stop_gradient(xc)
   if math.isinf(p):
     _, offsets, signs = max_abs_and_offsets(xc, geometry)
@@ -961,6 +989,7 @@ def _lp_pool_bwd(geometry, p, residuals, cotangent):
 _lp_pool.defvjp(_lp_pool_fwd, _lp_pool_bwd)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry", "p"))
 def lp_norm(x, geometry: PoolGeometry, p: float):
   """Eq. (41): the p-norm of every window's real taps (finite ``p``).
@@ -990,6 +1019,7 @@ def lp_norm(x, geometry: PoolGeometry, p: float):
   return y.astype(x.dtype)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry", "p"))
 def lp_norm_grad(x, y, cotangent, geometry: PoolGeometry, p: float):
   """Eqs. (42), (43): ``g sign(x) (|x| / y)^(p-1)`` summed over windows.
@@ -1059,6 +1089,7 @@ def _max_abs_pool_bwd(geometry, residuals, cotangents):
 _max_abs_pool.defvjp(_max_abs_pool_fwd, _max_abs_pool_bwd)
 
 
+@_sharding.keeps_batch_and_features
 @functools.partial(jax.jit, static_argnames=("geometry",))
 def max_abs_and_offsets(x, geometry: PoolGeometry):
   """Eq. (44): ``max |x|`` per window, its first winner and the winner's sign.

@@ -27,6 +27,11 @@ __all__ = [
     "conv_kernel_grad",
     "conv_bias_grad",
     "conv_matrix",
+    "conv_patches",
+    "conv_patches_grad",
+    "conv_local",
+    "conv_local_input_grad",
+    "conv_local_kernel_grad",
     "from_canonical",
     "to_canonical",
 ]
@@ -343,3 +348,202 @@ def conv_matrix(w, input_spatial: Sequence[int], strides=None, padding=None,
           col = np.ravel_multi_index((c,) + j, (channels,) + tuple(input_spatial))
           matrix[row, col] += w[(o, c) + k]
   return matrix
+
+
+def _flat_taps(filter_shape):
+  """Window offsets ``k`` in row-major order: tap ``t`` of a patch."""
+  return list(itertools.product(*(range(k) for k in filter_shape)))
+
+
+def conv_patches(x, filter_shape: Sequence[int], strides=None, padding=None,
+                 lhs_dilation=None, rhs_dilation=None) -> np.ndarray:
+  r"""Eq. (22), im2col: every window's inputs, copied entry by entry.
+
+  .. math::
+    P[n, (c, k), i] = \hat x[n, c,\; s\,i + d\,k]
+
+  The patch feature ``(c, k)`` is ``c * prod(filter_shape) + t`` where ``t``
+  numbers the offsets ``k`` row-major.
+
+  Args:
+    x: input ``(N, C, *spatial)``.
+    filter_shape: the window ``K`` per spatial dimension.
+    strides: the stride ``s`` per spatial dimension (default 1).
+    padding: ``(lo, hi)`` pairs, one per spatial dimension (default none).
+    lhs_dilation: the input dilation ``a`` per spatial dimension (default 1).
+    rhs_dilation: the window dilation ``d`` per spatial dimension (default
+      1).
+
+  Returns:
+    ``P`` of shape ``(N, C * prod(filter_shape), *out_spatial)``, float64.
+  """
+  x = np.asarray(x, dtype=np.float64)
+  n = x.ndim - 2
+  strides, padding, lhs_dilation, rhs_dilation = _defaults(
+      n, strides, padding, lhs_dilation, rhs_dilation)
+  prepared = _prepared_input(x, padding, lhs_dilation)
+  out_sizes = _output_sizes(prepared.shape[2:], filter_shape, strides,
+                            rhs_dilation)
+  taps = _flat_taps(filter_shape)
+  batch, channels = x.shape[:2]
+  patches = np.zeros((batch, channels * len(taps)) + tuple(out_sizes))
+  for c in range(channels):
+    for t, k in enumerate(taps):
+      for i in itertools.product(*(range(m) for m in out_sizes)):
+        j = tuple(s * ii + d * kk for ii, kk, s, d in zip(
+            i, k, strides, rhs_dilation))
+        patches[(slice(None), c * len(taps) + t) + i] = prepared[
+            (slice(None), c) + j]
+  return patches
+
+
+def conv_patches_grad(patch_grad, input_shape: Sequence[int],
+                      filter_shape: Sequence[int], strides=None, padding=None,
+                      lhs_dilation=None, rhs_dilation=None) -> np.ndarray:
+  r"""Eq. (23), col2im: each patch entry's gradient goes back where it was read.
+
+  .. math::
+    \frac{\partial E}{\partial \hat x[n, c, j]} =
+    \sum_{(k, i):\ s i + d k = j} \frac{\partial E}{\partial P[n, (c, k), i]}
+
+  Entry by entry, every patch gradient is added into x^ at ``s i + d k``;
+  then the padding positions are dropped and only the positions of real
+  (undilated) inputs kept (eq. 15).
+
+  Args:
+    patch_grad: ``dE/dP``, ``(N, C * prod(filter_shape), *out_spatial)``.
+    input_shape: ``(N, C, *spatial)``.
+    filter_shape: the window ``K`` per spatial dimension.
+    strides: the forward stride per spatial dimension.
+    padding: the forward ``(lo, hi)`` pairs.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward window dilation.
+
+  Returns:
+    ``dE/dx``, float64.
+  """
+  patch_grad = np.asarray(patch_grad, dtype=np.float64)
+  n = len(input_shape) - 2
+  strides, padding, lhs_dilation, rhs_dilation = _defaults(
+      n, strides, padding, lhs_dilation, rhs_dilation)
+  batch, channels = input_shape[:2]
+  dilated = [0 if size == 0 else (size - 1) * a + 1
+             for size, a in zip(input_shape[2:], lhs_dilation)]
+  # x^ before any cropping: the dilated input with non-negative padding.
+  grow = [(max(lo, 0), max(hi, 0)) for lo, hi in padding]
+  full = [size + lo + hi for size, (lo, hi) in zip(dilated, grow)]
+  start = [max(-lo, 0) for lo, _ in padding]  # where the cropped x^ begins
+  grad_full = np.zeros((batch, channels) + tuple(full))
+  taps = _flat_taps(filter_shape)
+  out_sizes = patch_grad.shape[2:]
+  for c in range(channels):
+    for t, k in enumerate(taps):
+      for i in itertools.product(*(range(m) for m in out_sizes)):
+        j = tuple(b + s * ii + d * kk for b, ii, kk, s, d in zip(
+            start, i, k, strides, rhs_dilation))
+        grad_full[(slice(None), c) + j] += patch_grad[
+            (slice(None), c * len(taps) + t) + i]
+  keep = tuple(slice(lo, lo + size, a) for (lo, _), size, a in zip(
+      grow, dilated, lhs_dilation))
+  return grad_full[(slice(None), slice(None)) + keep]
+
+
+def conv_local(x, w, filter_shape: Sequence[int], strides=None, padding=None,
+               lhs_dilation=None, rhs_dilation=None) -> np.ndarray:
+  r"""Eq. (24): a locally connected layer, one kernel per output position.
+
+  .. math::
+    y[n, o, i] = \sum_{f} W[o, f, i]\, P[n, f, i]
+
+  with the patches ``P`` of eq. (22), position by position.
+
+  Args:
+    x: input ``(N, C, *spatial)``.
+    w: kernels ``(O, C * prod(filter_shape), *out_spatial)``.
+    filter_shape: the window ``K`` per spatial dimension.
+    strides: the stride ``s`` per spatial dimension (default 1).
+    padding: ``(lo, hi)`` pairs, one per spatial dimension (default none).
+    lhs_dilation: the input dilation ``a`` per spatial dimension (default 1).
+    rhs_dilation: the window dilation ``d`` per spatial dimension (default
+      1).
+
+  Returns:
+    ``y`` of shape ``(N, O, *out_spatial)``, float64.
+  """
+  w = np.asarray(w, dtype=np.float64)
+  patches = conv_patches(x, filter_shape, strides, padding, lhs_dilation,
+                         rhs_dilation)
+  out_sizes = patches.shape[2:]
+  y = np.zeros((patches.shape[0], w.shape[0]) + tuple(out_sizes))
+  for i in itertools.product(*(range(m) for m in out_sizes)):
+    here = (slice(None), slice(None)) + i
+    y[here] = patches[here] @ w[here].T
+  return y
+
+
+def conv_local_input_grad(delta, w, input_shape: Sequence[int],
+                          filter_shape: Sequence[int], strides=None,
+                          padding=None, lhs_dilation=None,
+                          rhs_dilation=None) -> np.ndarray:
+  r"""Eq. (24) then (23): the input gradient of a locally connected layer.
+
+  .. math::
+    \frac{\partial E}{\partial P[n, f, i]} = \sum_o \delta[n, o, i]\,
+    W[o, f, i]
+
+  position by position, carried back to the input by ``conv_patches_grad``.
+
+  Args:
+    delta: ``dE/dy``, ``(N, O, *out_spatial)``.
+    w: kernels ``(O, C * prod(filter_shape), *out_spatial)``.
+    input_shape: ``(N, C, *spatial)``.
+    filter_shape: the window ``K`` per spatial dimension.
+    strides: the forward stride per spatial dimension.
+    padding: the forward ``(lo, hi)`` pairs.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward window dilation.
+
+  Returns:
+    ``dE/dx``, float64.
+  """
+  delta = np.asarray(delta, dtype=np.float64)
+  w = np.asarray(w, dtype=np.float64)
+  out_sizes = delta.shape[2:]
+  patch_grad = np.zeros((delta.shape[0], w.shape[1]) + tuple(out_sizes))
+  for i in itertools.product(*(range(m) for m in out_sizes)):
+    here = (slice(None), slice(None)) + i
+    patch_grad[here] = delta[here] @ w[here]
+  return conv_patches_grad(patch_grad, input_shape, filter_shape, strides,
+                           padding, lhs_dilation, rhs_dilation)
+
+
+def conv_local_kernel_grad(x, delta, filter_shape: Sequence[int], strides=None,
+                           padding=None, lhs_dilation=None,
+                           rhs_dilation=None) -> np.ndarray:
+  r"""Eq. (24): eq. (9) untied, summed over the batch but not over positions.
+
+  .. math::
+    \frac{\partial E}{\partial W[o, f, i]} = \sum_n \delta[n, o, i]\,
+    P[n, f, i]
+
+  Args:
+    x: the forward input ``(N, C, *spatial)``.
+    delta: ``dE/dy``, ``(N, O, *out_spatial)``.
+    filter_shape: the window ``K`` per spatial dimension.
+    strides: the forward stride per spatial dimension.
+    padding: the forward ``(lo, hi)`` pairs.
+    lhs_dilation: the forward input dilation.
+    rhs_dilation: the forward window dilation.
+
+  Returns:
+    ``dE/dW``, ``(O, C * prod(filter_shape), *out_spatial)``, float64.
+  """
+  delta = np.asarray(delta, dtype=np.float64)
+  patches = conv_patches(x, filter_shape, strides, padding, lhs_dilation,
+                         rhs_dilation)
+  out_sizes = delta.shape[2:]
+  grad = np.zeros((delta.shape[1], patches.shape[1]) + tuple(out_sizes))
+  for i in itertools.product(*(range(m) for m in out_sizes)):
+    here = (slice(None), slice(None)) + i
+    grad[here] = delta[here].T @ patches[here]
+  return grad

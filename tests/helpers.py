@@ -50,3 +50,29 @@ def vjp_of(f, *args, cotangent_seed: int = 0):
   rng = np.random.default_rng(cotangent_seed)
   cotangent = jnp.asarray(rng.normal(size=out.shape), dtype=out.dtype)
   return out, pullback(cotangent), cotangent
+
+
+# Complex dtypes: the same bounds as their real parts' dtypes, measured with
+# the complex modulus (assert_close_complex; scaled_error would drop the
+# imaginary parts).
+TOLERANCE[np.dtype(np.complex128)] = 1e-10
+TOLERANCE[np.dtype(np.complex64)] = 1e-5
+
+
+def scaled_error_complex(actual, expected) -> float:
+  """max |actual - expected| / max(1, max |expected|), in complex128."""
+  actual = np.asarray(actual, dtype=np.complex128)
+  expected = np.asarray(expected, dtype=np.complex128)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  if expected.size == 0:
+    return 0.0
+  scale = max(1.0, float(np.max(np.abs(expected))))
+  return float(np.max(np.abs(actual - expected))) / scale
+
+
+def assert_close_complex(actual, expected, dtype, what: str = "") -> None:
+  """``assert_close`` for real or complex arrays."""
+  tolerance = TOLERANCE[np.dtype(dtype)]
+  error = scaled_error_complex(actual, expected)
+  assert error <= tolerance, (
+      f"{what}: scaled error {error:.3e} exceeds {tolerance:.1e} for {dtype}")

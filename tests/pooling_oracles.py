@@ -7,7 +7,8 @@ re-derived from PyTorch's documented formulas so that a mistake in
 * ``lax_*``: ``lax.reduce_window`` forwards (differentiated by ``jax.vjp``, or
   by ``jax.jacfwd`` where lax has no reverse rule: max with window dilation).
 * ``literal_*``: a slow, loop-by-loop NumPy transcription of the equations
-  (forward and gradient), for small inputs.
+  (forward and gradient), for small inputs; ``literal_adaptive_pool`` for
+  adaptive pooling, with the window bounds taken from exact fractions.
 * ``unique_values``: shuffled ``arange`` inputs (max/min have no ties).
 * ``assert_close``: the scaled error and tolerances of ``tests/helpers.py``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +26,24 @@ from jax import lax
 
 from tests import helpers
 
+
 def assert_close(actual, expected, dtype="float64", what=""):
-  """The shared scaled-error check of tests/helpers.py, float64 by default."""
-  helpers.assert_close(actual, expected, np.dtype(dtype), what)
+  """The shared scaled-error check of tests/helpers.py, float64 by default.
+
+  Complex arrays are compared as their real and imaginary parts side by side,
+  with the tolerance of the real dtype of that precision (complex64: that of
+  float32).
+  """
+  dtype = np.dtype(dtype)
+  if np.iscomplexobj(actual) or np.iscomplexobj(expected) or (
+      dtype.kind == "c"):
+    actual = np.asarray(actual).astype(np.complex128)
+    expected = np.asarray(expected).astype(np.complex128)
+    actual = np.stack([actual.real, actual.imag])
+    expected = np.stack([expected.real, expected.imag])
+    if dtype.kind == "c":
+      dtype = np.dtype(np.float32 if dtype.itemsize == 8 else np.float64)
+  helpers.assert_close(actual, expected, dtype, what)
 
 
 def unique_values(shape, seed=0, dtype=np.float64, shift=0.0, scale=1.0):
@@ -276,16 +293,22 @@ def jaxconv_pool(x, kind, window, strides=None, padding="VALID", dilation=None,
     return jaxconv.min_pool(x, window, dilation=dilation or 1, **common)
   if kind == "avg":
     return jaxconv.avg_pool(x, window, count_include_pad=count_include_pad,
-                            divisor_override=divisor_override, **common)
+                            divisor_override=divisor_override,
+                            dilation=dilation or 1, **common)
   assert kind == "lp"
   return jaxconv.lp_pool(x, p, window, dilation=dilation or 1, **common)
 
 
-def jaxconv_vjp(x, cotangent, **kwargs):
-  """(y, dx) of the public jaxconv function, jitted (one compilation)."""
+def jaxconv_vjp(x, cotangent, pool=None, **kwargs):
+  """(y, dx) of the public jaxconv function, jitted (one compilation).
+
+  ``pool`` is the function under test, with :func:`jaxconv_pool`'s
+  signature; ``None`` means :func:`jaxconv_pool`.
+  """
+  pool = pool or jaxconv_pool
 
   def run(v, g):
-    y, vjp = jax.vjp(lambda u: jaxconv_pool(u, **kwargs), v)
+    y, vjp = jax.vjp(lambda u: pool(u, **kwargs), v)
     return y, vjp(g)[0]
 
   return jax.jit(run)(x, cotangent)
@@ -316,15 +339,18 @@ def _kwargs(case):
   return {k: v for k, v in case.items() if k != "shape"}
 
 
-def check_case(case, dtype="float64", literal=False, seed=0):
+def check_case(case, dtype="float64", literal=False, seed=0, pool=None):
   """jaxconv's forward and VJP against lax (and the literal loops) in float64.
 
-  Raises AssertionError with the relative errors when they exceed the dtype's
-  tolerance. Returns the jaxconv (y, dx).
+  ``pool`` is the function under test, with :func:`jaxconv_pool`'s
+  signature; ``None`` means :func:`jaxconv_pool` (the public functions).
+  Raises AssertionError with the relative errors (``"...: scaled error
+  ..."``) when they exceed the dtype's tolerance. Returns the (y, dx) of the
+  function under test.
   """
   x, cotangent = case_inputs(case, dtype, seed)
   kwargs = _kwargs(case)
-  y, dx = jaxconv_vjp(x, cotangent, **kwargs)
+  y, dx = jaxconv_vjp(x, cotangent, pool, **kwargs)
   assert y.dtype == x.dtype and dx.dtype == x.dtype, (y.dtype, dx.dtype)
   x64 = jnp.asarray(x, jnp.float64)
   ct64 = jnp.asarray(cotangent, jnp.float64)
@@ -335,4 +361,122 @@ def check_case(case, dtype="float64", literal=False, seed=0):
     y_lit, dx_lit = literal_pool(x64, ct64, **kwargs)
     assert_close(y, y_lit, dtype, f"forward vs literal {case}")
     assert_close(dx, dx_lit, dtype, f"gradient vs literal {case}")
+  return y, dx
+
+
+# ----------------------------------------------------------------------------
+# Adaptive pooling, literally (loops; small inputs only).
+# ----------------------------------------------------------------------------
+
+
+def adaptive_window(i, n, m):
+  """PyTorch's window i of m over n inputs: [floor(i n/m), ceil((i+1) n/m)).
+
+  Written with math.floor/math.ceil of exact fractions, independently of
+  jaxconv's integer arithmetic.
+  """
+  return (math.floor(Fraction(i * n, m)), math.ceil(Fraction((i + 1) * n, m)))
+
+
+def literal_adaptive_pool(x, cotangent, kind, output_size):
+  """Forward and input gradient of adaptive avg/max pooling, one box at a time.
+
+  Max: first winner in row-major order, NaN wins (its first occurrence),
+  like `literal_pool`. Avg: sum over the box divided by its size. Complex
+  inputs are kept complex (average only), and the gradient is not
+  conjugated. Output entries `None` keep the input size.
+
+  Returns:
+    (y, dx, indices) as NumPy arrays; `indices` (max only, else None) holds
+    the flat row-major spatial index of each winner.
+  """
+  dtype = np.complex128 if np.iscomplexobj(x) else np.float64
+  x = np.asarray(x, dtype)
+  cotangent = np.asarray(cotangent, dtype)
+  rank = len(output_size)
+  lead = x.ndim - rank - 1
+  batch_shape = x.shape[:lead]
+  in_sizes = x.shape[lead:lead + rank]
+  outs = tuple(n if m is None else m for m, n in zip(output_size, in_sizes))
+  features = x.shape[-1]
+  batch = math.prod(batch_shape)
+  xb = x.reshape((batch,) + in_sizes + (features,))
+  gb = cotangent.reshape((batch,) + outs + (features,))
+  y = np.zeros(gb.shape, dtype)
+  dx = np.zeros(xb.shape, dtype)
+  indices = np.zeros(gb.shape, np.int64)
+  for b in range(xb.shape[0]):
+    for c in range(features):
+      for o in itertools.product(*(range(m) for m in outs)):
+        bounds = [adaptive_window(i, n, m) for i, n, m in zip(o, in_sizes,
+                                                              outs)]
+        taps = list(itertools.product(*(range(lo, hi) for lo, hi in bounds)))
+        values = [xb[(b,) + t + (c,)] for t in taps]
+        g = gb[(b,) + o + (c,)]
+        if kind == "avg":
+          y[(b,) + o + (c,)] = sum(values) / len(values)
+          for t in taps:
+            dx[(b,) + t + (c,)] += g / len(values)
+          continue
+        assert kind == "max"
+        winner = next((i for i, v in enumerate(values) if np.isnan(v)), None)
+        if winner is None:
+          winner = values.index(max(values))  # the first occurrence
+        y[(b,) + o + (c,)] = values[winner]
+        dx[(b,) + taps[winner] + (c,)] += g
+        indices[(b,) + o + (c,)] = np.ravel_multi_index(taps[winner],
+                                                        in_sizes)
+  return (y.reshape(batch_shape + outs + (features,)), dx.reshape(x.shape),
+          indices.reshape(batch_shape + outs + (features,))
+          if kind == "max" else None)
+
+
+def adaptive_case_inputs(shape, output_size, dtype="float64", seed=0):
+  """Unique-valued input and cotangent for adaptive pooling (exact in every
+  dtype), like `case_inputs`."""
+  rank = len(output_size)
+  lead = len(shape) - rank - 1
+  in_sizes = shape[lead:-1]
+  out_shape = (shape[:lead] + tuple(n if m is None else m for m, n in zip(
+      output_size, in_sizes)) + shape[-1:])
+  size, out_size = math.prod(shape), math.prod(out_shape)
+  x = unique_values(shape, seed, shift=-(size // 2))
+  cotangent = unique_values(out_shape, seed + 1, shift=-(out_size // 2))
+  if np.dtype(dtype).itemsize < 4:  # keep the values exact in 16 bits
+    x = x / max(1.0, size / 64)
+    cotangent = cotangent / max(1.0, out_size / 64)
+  return jnp.asarray(x, dtype), jnp.asarray(cotangent, dtype)
+
+
+def check_adaptive_case(kind, shape, output_size, dtype="float64", seed=0,
+                        pool=None):
+  """jaxconv's adaptive pooling (forward, VJP, indices) against the loops.
+
+  ``pool`` is the function of ``(x, output_size)`` under test; ``None``
+  means ``jaxconv.adaptive_avg_pool`` or ``adaptive_max_pool``. Raises
+  AssertionError with the scaled errors (``"...: scaled error ..."``) when
+  they exceed the dtype's tolerance. Returns the (y, dx) of the function
+  under test.
+  """
+  import jaxconv  # Imported here so that the oracles above stand alone.
+  pool = pool or {"avg": jaxconv.adaptive_avg_pool,
+                  "max": jaxconv.adaptive_max_pool}[kind]
+  x, cotangent = adaptive_case_inputs(shape, output_size, dtype, seed)
+
+  def run(v, g):
+    y, vjp = jax.vjp(lambda u: pool(u, output_size), v)
+    return y, vjp(g)[0]
+
+  y, dx = jax.jit(run)(x, cotangent)
+  assert y.dtype == x.dtype and dx.dtype == x.dtype, (y.dtype, dx.dtype)
+  y_ref, dx_ref, indices_ref = literal_adaptive_pool(
+      np.asarray(x, np.float64), np.asarray(cotangent, np.float64), kind,
+      output_size)
+  case = f"{kind} {shape} -> {output_size}"
+  assert_close(y, y_ref, dtype, f"forward vs literal {case}")
+  assert_close(dx, dx_ref, dtype, f"gradient vs literal {case}")
+  if kind == "max":
+    _, indices = jax.jit(lambda v: jaxconv.adaptive_max_pool_with_indices(
+        v, output_size))(x)
+    np.testing.assert_array_equal(indices, indices_ref)
   return y, dx

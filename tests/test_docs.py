@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -89,10 +89,10 @@ def test_every_nav_page_and_image_exists():
   assert "index.md" in pages and "api.md" in pages
   for page in pages:
     assert (DOCS / page).is_file(), f"mkdocs.yml lists missing docs/{page}"
-  for page in DOCS.glob("*.md"):
+  for page in DOCS.rglob("*.md"):
     text = page.read_text("utf-8")
     for image in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
-      assert (DOCS / image).is_file(), f"{page.name} shows missing {image}"
+      assert (page.parent / image).is_file(), f"{page.name} shows missing {image}"
 
 
 def test_mkdocs_build_strict(tmp_path):
@@ -126,7 +126,21 @@ def test_quickstart_runs():
   with jax.enable_x64(False):
     for i, block in enumerate(_python_blocks("index.md")):
       code = compile(block, f"index.md block {i}", "exec")
-      exec(code, namespace)  # noqa: S102 - the page's own example
+      exec(code, namespace)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/performance.md"])
+def test_page_examples_run(page):
+  """The python blocks of the README and the performance page, in order,
+  in one namespace, as a reader would run them (float32)."""
+  import jax
+  text = (ROOT / page).read_text("utf-8")
+  blocks = re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+  assert blocks
+  namespace: dict = {}
+  with jax.enable_x64(False):
+    for i, block in enumerate(blocks):
+      exec(compile(block, f"{page} block {i}", "exec"), namespace)
 
 
 def test_explain_page_shows_the_real_output(capsys):
@@ -159,3 +173,29 @@ def test_figures_script_draws_and_checks(tmp_path, monkeypatch):
     assert draw().is_file()
   # Without a results JSON, the training figure is skipped, not faked.
   assert figures.training_curves(tmp_path / "missing.json") is None
+
+
+def _derivation_tags() -> list[int]:
+  text = (DOCS / "derivation.md").read_text("utf-8")
+  return [int(t) for t in re.findall(r"\\tag\{(\d+)\}", text)]
+
+
+def test_derivation_equations_are_numbered_in_order():
+  tags = _derivation_tags()
+  assert tags == sorted(tags) and len(tags) == len(set(tags)), tags
+
+
+def test_cited_equations_exist():
+  """Every ``eq. (N)`` / ``eqs. (N)-(M)`` that the code, the tests and the
+  pages cite is an equation of the derivation."""
+  tags = set(_derivation_tags())
+  cite = re.compile(r"[Ee]qs?\.\s*\(?(\d+)\)?(?:\s*(?:-|–|and|,)\s*\(?(\d+)\)?)?")
+  sources = [*ROOT.glob("jaxconv/**/*.py"), *ROOT.glob("tests/*.py"),
+             *DOCS.glob("*.md"), ROOT / "README.md"]
+  missing = set()
+  for path in sources:
+    for match in cite.finditer(path.read_text("utf-8")):
+      for number in filter(None, match.groups()):
+        if int(number) not in tags:
+          missing.add(f"{path.relative_to(ROOT)}: {match.group(0)}")
+  assert not missing, sorted(missing)

@@ -36,7 +36,13 @@ def python(arguments, cwd, env=None) -> str:
 def test_mnist1d_quick_run(tmp_path):
   out = python([EXPERIMENTS / "train_mnist1d.py", "--quick", "--no-progress",
                 "--out", tmp_path], tmp_path)
-  last = out.strip().splitlines()[-1]
+  lines = out.strip().splitlines()
+  # What happens before training is said before it happens.
+  assert lines[0].startswith("mnist1d: generating the data set"), lines[0]
+  assert lines[1].startswith("mnist1d: compiling the training step"), lines[1]
+  assert re.fullmatch(r"mnist1d: compiled in \d+\.\d s; training 80 steps\.",
+                      lines[2]), lines[2]
+  last = lines[-1]
   match = re.fullmatch(r"test accuracy: (0\.\d{3}|1\.000)", last)
   assert match, last
   assert float(match.group(1)) > 0.3  # chance is 0.1; about 0.45 measured
@@ -52,6 +58,16 @@ def test_digits_quick_compare_run(tmp_path):
                 "--no-progress", "--out", tmp_path], tmp_path)
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["test_accuracy"] > 0.7, out  # about 0.89 measured
+  # The float64 check is compiled before training, and said so; the summary
+  # tells the per-step gradient check from the drift of two separate runs.
+  assert "and the float64 check..." in out.splitlines()[1], out
+  per_step, = [line for line in out.splitlines()
+               if line.startswith("custom vs autodiff at every step")]
+  assert "(the gradient check)" in per_step
+  two_runs, = [line for line in out.splitlines()
+               if line.startswith("custom vs autodiff as two separate runs")]
+  assert "(not a gradient check)" in two_runs
+  assert 'see "Two runs drift apart" in docs/experiments.md' in out
   compare = results["compare"]
   # At the same parameters the hand-derived and autodiff gradients agree to
   # float32 round-off at every step (a wrong rule differs by O(1)), and the
@@ -121,6 +137,7 @@ def test_benchmark_step_computes_the_forward_pass():
   # time the backward alone. Both contenders' compiled steps must hold all
   # three convolutions and return the output with the gradients.
   import functools
+
   import jax
   import jax.numpy as jnp
   benchmark = _experiment_module("benchmark")
@@ -164,12 +181,14 @@ def test_benchmark_quick_run(tmp_path):
   # Header, separator and one line per row.
   assert table.count("\n| ") == len(rows) + 2
   assert "geometric mean" in table
-  # The machine, with what the folding policy reads from it.
-  assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores, [^,]+, "
-                   r"(no )?AVX-512( unknown)?\)", table), table.splitlines()[0]
+  # The machine, with the policy jaxconv chose for it, and the command.
+  import jaxconv
+  assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores\), .*jaxconv policy "
+                   rf"'{jaxconv.host_policy().name}'", table), table
+  assert "Command: `python experiments/benchmark.py --quick" in table
   # ... and which kernel XLA runs 2-D convolutions with.
   assert results["xla_convolutions"] in ("ynnpack", "eigen")
-  assert "XLA's 2-D convolutions: " in table.splitlines()[0]
+  assert "XLA's 2-D convolutions: " in table
 
 
 def test_benchmark_without_ynnpack_convolutions(tmp_path):
@@ -235,45 +254,46 @@ def test_benchmark_chunks_times_the_chunk_sizes_it_names(tmp_path):
 
 
 def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
-  """Each variant is traced under its algorithm and constants, which are
-  restored afterwards: forced "folded" leaves 1-D convolutions, one per
-  kernel row; the default policy keeps this small layer whole until its
-  folding thresholds are lowered (and, with STACK_TAPS off, folds it one
-  kernel row at a time)."""
+  """Each variant is traced under its algorithm and policy: forced "folded"
+  leaves 1-D convolutions, one per kernel row; the host's policy keeps this
+  small layer whole until its folding thresholds are lowered (and, without
+  the "stack" option, folds it one kernel row at a time)."""
+  import jaxconv
   bench = _experiment_module("benchmark_algorithms")
-  assert bench.parse_variant("auto:FOLD_MIN_ELEMENTS=inf,CHUNK_SAMPLES=2") == (
-      "auto", {"FOLD_MIN_ELEMENTS": float("inf"), "CHUNK_SAMPLES": 2}, None)
-  assert bench.parse_variant("auto:CHUNK_SAMPLES=2/eigen") == (
-      "auto", {"CHUNK_SAMPLES": 2, "XLA_YNNPACK_CONVOLUTIONS": 0},
-      bench.EIGEN)
-  for bad in ("fastest", "auto:FOLD_MIN_ELEMENTS", "auto:NO_SUCH_CONSTANT=1",
-              "auto:choose_algorithm=1", "auto:FOLD_MIN_ELEMENTS=many"):
+  variant = bench.parse_variant("auto:fold_min_elements=inf,chunk_samples=2")
+  assert variant.algorithm == "auto" and variant.compiler_options is None
+  assert variant.policy.thresholds.fold_min_elements == float("inf")
+  assert variant.policy.thresholds.chunk_samples == 2
+  assert variant.policy.options == jaxconv.host_policy().options
+  eigen = bench.parse_variant("auto:chunk_samples=2,stack=1/eigen")
+  assert eigen.compiler_options == bench.EIGEN
+  assert not eigen.policy.xla_convolutions_in_ynnpack
+  assert eigen.policy.has("stack")
+  generic = bench.parse_variant("xla:preset=generic,fold=1")
+  assert generic.policy.name == "generic"
+  assert generic.policy.options == ("fold",)
+  for bad in ("fastest", "auto:fold_min_elements", "auto:no_such_setting=1",
+              "auto:choose_algorithm=1", "auto:fold_min_elements=many",
+              "auto:preset=fast"):
     with pytest.raises(ValueError, match="--variant"):
       bench.parse_variant(bad)
-  from jaxconv import _algorithms
-  threshold = _algorithms.FOLD_MIN_ELEMENTS
-  features = _algorithms.FOLD_MIN_FEATURES
   layer = next(layer for layer, batch in bench.SMALL
                if layer.spatial == (16, 16))
-  for variant, count, rank in (("xla", 1, 4), ("folded", 3, 3),
-                               ("auto", 1, 4),
-                               ("auto:FOLD_MIN_ELEMENTS=0,"
-                                "FOLD_MIN_FEATURES=0,STACK_TAPS=0", 3, 3)):
-    compiled = bench.pass_programs(layer, 2, *bench.parse_variant(variant))
+  for text, count, rank in (("xla", 1, 4), ("folded", 3, 3),
+                            ("auto:preset=intel-avx512", 1, 4),
+                            ("auto:preset=intel-avx512,fold_min_elements=0,"
+                             "fold_min_features=0,stack=0", 3, 3)):
+    compiled = bench.pass_programs(layer, 2, bench.parse_variant(text))
     for name, (f, _) in compiled.items():
       shapes = re.findall(r"= \w+\[([\d,]*)\]\S* convolution\(", f.as_text())
-      assert len(shapes) == count, (variant, name, shapes)
-      assert all(len(s.split(",")) == rank for s in shapes), (variant, shapes)
-    assert (_algorithms.FOLD_MIN_ELEMENTS, _algorithms.FOLD_MIN_FEATURES) == (
-        threshold, features)
-  assert _algorithms.check_algorithm(None) == "auto"
+      assert len(shapes) == count, (text, name, shapes)
+      assert all(len(s.split(",")) == rank for s in shapes), (text, shapes)
   # "/eigen": compiled without YNNPACK's convolutions, so XLA's own kernel
-  # is left in the program, and the policy told so while tracing.
+  # is left in the program.
   for name, (f, _) in bench.pass_programs(
-      layer, 2, *bench.parse_variant("xla/eigen")).items():
+      layer, 2, bench.parse_variant("xla/eigen")).items():
     assert "ynn_fusion" not in f.as_text(), name
     assert re.search(r" convolution\(", f.as_text()), name
-  assert _algorithms.XLA_YNNPACK_CONVOLUTIONS is True   # pinned by conftest
 
   bench.main(["--small", "--only", "@16", "--batch", "8", "--repeats", "1",
               "--variant", "xla", "--variant", "folded"])
@@ -287,11 +307,11 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
   (row,) = capsys.readouterr().out.strip().splitlines()[1:]
   assert re.search(r"ratio [\d.]+  temp MB [\d.]+ / [\d.]+  faults \d+ / \d+  "
                    r"\(xla/xla/xla \| xla/xla/xla\)$", row), row
-  # --strided: the input gradient of a 3x3 stride-2 layer under both
-  # settings of PHASE_FEW_TAPS.
+  # --strided: the input gradient of a 3x3 stride-2 layer without and with
+  # the "phase_few_taps" option.
   bench.main(["--strided", "--only", "32->32", "--batch", "1", "--repeats",
-              "1", "--variant", "auto:PHASE_FEW_TAPS=0", "--variant",
-              "auto:PHASE_FEW_TAPS=1"])
+              "1", "--variant", "auto:phase_few_taps=0", "--variant",
+              "auto:phase_few_taps=1"])
   rows = capsys.readouterr().out.strip().splitlines()[1:]
   assert len(rows) == 3, rows
   assert "input gradient" in rows[1] and rows[1].endswith("(xla / phased)"), (

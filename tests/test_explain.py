@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
 import pytest
 
 from jaxconv import explain
+from jaxconv.explain import _cli, _network, _one_layer
 
 CLASSIC_FORWARD = [
     "G1 = V1·W1 + V2·W2 + V4·W3 + V5·W4",
@@ -111,18 +113,31 @@ def test_max_pooling_routes_to_the_winner():
   assert result.backward[-1].count("∂E/∂P") == 4
 
 
-def test_check_catches_a_wrong_equation(monkeypatch):
-  """Drop one product from every expansion: the check must fail."""
-  original = explain._conv_gradient_terms
+def _dropping_one(wiring, variable, index):
+  """Eqs. (9) and (12) with the first product of every expansion dropped."""
+  return _one_layer._conv_gradient_terms(wiring, variable, index)[1:]
 
-  def dropping_one(wiring, variable, index):
-    return original(wiring, variable, index)[1:]
 
-  monkeypatch.setattr(explain, "_conv_gradient_terms", dropping_one)
-  result = explain.explain((3, 3), (2, 2))
+def test_check_catches_a_wrong_equation(capsys):
+  """The explainer run with a wrong rule (one product dropped from every
+  expansion, handed to it as a value): the check fails, and the command
+  line prints "Check FAILED" and exits with status 1. The same entry points
+  with the right rule pass."""
+  wrong = functools.partial(_one_layer._explain, _dropping_one)
+  right = functools.partial(_one_layer._explain,
+                            _one_layer._conv_gradient_terms)
+  defaults = dict(stride=1, padding="VALID", dilation=1, pool=None,
+                  pool_window=None, pool_stride=None, pool_padding="VALID",
+                  grads=None, seed=0, ascii=False)
+  assert right((3, 3), (2, 2), **defaults).passed
+  result = wrong((3, 3), (2, 2), **defaults)
   assert not result.passed
   assert result.check.startswith("Check FAILED")
-  assert explain.main(["--input", "3x3", "--kernel", "2x2"]) == 1
+  argv = ["--input", "3x3", "--kernel", "2x2"]
+  assert _cli._main(argv, right, _network.explain_network) == 0
+  assert "Check passed" in capsys.readouterr().out
+  assert _cli._main(argv, wrong, _network.explain_network) == 1
+  assert "Check FAILED" in capsys.readouterr().out
 
 
 def test_ascii_output(capsys):
@@ -157,3 +172,20 @@ def test_average_pooling_with_padding_counts_the_padding():
                            pool_padding=1, grads=["W1"])
   assert result.passed
   assert "P1 = (G1)/4" in result.forward
+
+
+def test_pool_stride_defaults_to_the_library_default():
+  """Like jaxconv.max_pool and avg_pool, the pooling stride defaults to 1:
+  a 2x2 window over a 3x3 convolution output gives 2x2 pooled outputs;
+  stride 2 gives one."""
+  overlapping = explain.explain((4, 4), (2, 2), pool="max",
+                                pool_window=(2, 2), grads=["W1"])
+  assert overlapping.passed
+  assert "Then max pooling: window 2x2, stride 1x1" in overlapping.header[1]
+  assert [line for line in overlapping.forward if line.startswith("P")] == [
+      "P1 = max(G1, G2, G4, G5)", "P2 = max(G2, G3, G5, G6)",
+      "P3 = max(G4, G5, G7, G8)", "P4 = max(G5, G6, G8, G9)"]
+  side_by_side = explain.explain((4, 4), (2, 2), pool="max",
+                                 pool_window=(2, 2), pool_stride=2)
+  assert [line for line in side_by_side.forward if line.startswith("P")] == [
+      "P1 = max(G1, G2, G4, G5)"]

@@ -43,7 +43,7 @@ def _run(title: str) -> dict:
     for i, block in enumerate(sections[""] + sections[title]):
       code = compile(block, f"{PAGE.name} [{title or 'setup'}, block {i}]",
                      "exec")
-      exec(code, namespace)  # noqa: S102 - the page's own examples
+      exec(code, namespace)
   return namespace
 
 
@@ -69,3 +69,11 @@ def test_equinox_module():
   namespace = _run("Equinox")
   losses = namespace["losses"]
   assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
+
+
+def test_explicit_sharding_example():
+  """The page's sharding example, on this process's devices (one, unless
+  XLA_FLAGS made more; tests/test_sharding.py runs several)."""
+  namespace = _run("Explicit sharding")
+  dw = namespace["dw"]
+  assert dw.shape == (3, 3, 3, 16) and bool(jax.numpy.all(jax.numpy.isfinite(dw)))

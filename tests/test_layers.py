@@ -17,7 +17,6 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jaxconv
-from jaxconv import layers
 from tests.helpers import assert_close, scaled_error
 
 DTYPES = [jnp.float64, jnp.float32, jnp.bfloat16]
@@ -174,11 +173,11 @@ def test_saturated_sigmoid_and_tanh_have_finite_exact_gradients(dtype):
                   dtype)
   for function, reference in [(jaxconv.sigmoid, jax.nn.sigmoid),
                               (jaxconv.tanh, jnp.tanh)]:
-    grad = jax.grad(lambda x: jnp.sum(function(x)))(x)
+    grad = jax.grad(lambda x, f=function: jnp.sum(f(x)))(x)
     assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad) >= 0)
     np.testing.assert_array_equal(function(x), reference(x))
     np.testing.assert_allclose(
-        grad, jax.grad(lambda x: jnp.sum(reference(x)))(x), rtol=1e-6,
+        grad, jax.grad(lambda x, f=reference: jnp.sum(f(x)))(x), rtol=1e-6,
         atol=0)
   # Far left, 1 - sigma rounds to 1 but sigma' = sigma(x) is still resolved:
   # e^-80 and e^-30 are normal float32 numbers.
@@ -248,6 +247,62 @@ def test_traced_out_of_range_labels_give_nan_not_a_silent_loss():
 
 
 # --- Teeth: the oracle comparison fails when one formula is wrong. ----------
+#
+# Each rule is rebuilt here as a value: a jax.custom_vjp function whose
+# forward pass is jaxconv's public function and whose backward pass calls the
+# public gradient pieces, looked up in a table of pieces. With the library's
+# pieces it is jaxconv's rule and passes the comparison; with one piece
+# replaced by a wrong formula it must fail it. Nothing in jaxconv is patched.
+
+PIECES = {name: getattr(jaxconv, name) for name in (
+    "dense_input_grad", "dense_kernel_grad", "dense_bias_grad", "relu_grad",
+    "leaky_relu_grad", "tanh_grad", "sigmoid_grad", "mse_predictions_grad",
+    "mse_targets_grad", "softmax_cross_entropy_grad")}
+
+
+def _with_gradient(forward, save, backward):
+  """``forward`` as a rule: ``save(output, *args)`` gives the residuals and
+  ``backward(residuals, cotangent)`` the gradient of every argument."""
+  rule = jax.custom_vjp(lambda *args: forward(*args))
+
+  def rule_fwd(*args):
+    output = forward(*args)
+    return output, save(output, *args)
+
+  rule.defvjp(rule_fwd, backward)
+  return rule
+
+
+def _rebuilt(case, pieces):
+  """The rule of ``CASES[case]`` from the gradient pieces ``pieces``."""
+  p = pieces
+  function = CASES[case][0]
+  if case in ("dense", "dense_2d"):
+    return _with_gradient(
+        function, lambda z, x, w, b: (x, w),
+        lambda r, d: (p["dense_input_grad"](d, r[1]),
+                      p["dense_kernel_grad"](r[0], d), p["dense_bias_grad"](d)))
+  if case.startswith("leaky_relu"):
+    slope = 0.2 if case == "leaky_relu" else -0.5
+    return _with_gradient(
+        function, lambda y, x: x >= 0,
+        lambda mask, g: (p["leaky_relu_grad"](g, mask, slope),))
+  if case in ("relu", "tanh", "sigmoid"):
+    grad = p[f"{case}_grad"]
+    return _with_gradient(function, lambda y, x: y,
+                          lambda y, g: (grad(g, y),))
+  if case == "mse":
+    return _with_gradient(
+        function, lambda e, y, t: y - t,
+        lambda d, c: (p["mse_predictions_grad"](c, d),
+                      p["mse_targets_grad"](c, d)))
+  assert case == "softmax_cross_entropy"
+  labels = jnp.asarray(LABELS)
+  return _with_gradient(
+      function, lambda e, z: jax.nn.softmax(z),
+      lambda probabilities, c: (p["softmax_cross_entropy_grad"](
+          c, probabilities, labels),))
+
 
 WRONG_RULES = {
     "dense_kernel_grad x 1.5": (
@@ -284,18 +339,18 @@ WRONG_RULES = {
 
 
 @pytest.mark.parametrize("wrong", sorted(WRONG_RULES))
-def test_a_wrong_rule_fails_the_oracle(wrong, monkeypatch):
+def test_a_wrong_rule_fails_the_oracle(wrong):
+  """The rule rebuilt from the library's pieces passes the comparison of
+  test_matches_autodiff_of_reference at float32 tolerance; with one piece
+  wrong, the same comparison fails on that gradient."""
   case, name, replacement = WRONG_RULES[wrong]
-  function, reference, shapes = CASES[case]
+  _, reference, shapes = CASES[case]
   args = sample(shapes)
-  # The right rule passes at float32 tolerance...
-  assert_matches_reference(function, reference, args, jnp.float32)
-  # ...and the same comparison catches the wrong one, even in float32. The
-  # rules look their gradient function up at call time (no jit here, so no
-  # cached trace).
-  monkeypatch.setattr(layers, name, replacement)
+  assert_matches_reference(_rebuilt(case, PIECES), reference, args,
+                           jnp.float32)
+  wrong_rule = _rebuilt(case, dict(PIECES, **{name: replacement}))
   with pytest.raises(AssertionError, match="gradient of argument"):
-    assert_matches_reference(function, reference, args, jnp.float32)
+    assert_matches_reference(wrong_rule, reference, args, jnp.float32)
 
 
 # --- Bad input, rejected in Python at call time. ------------------------------

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxconv import layers, models
+from jaxconv import models
 from tests.helpers import scaled_error
 
 INPUT_SHAPES = {"mnist1d_cnn": (6, 40), "lenet": (6, 8, 8, 1)}
@@ -47,16 +47,33 @@ def test_model_gradient_equals_autodiff(name):
   assert_trees_close(custom, autodiff, 1e-10)
 
 
-def test_the_custom_network_runs_the_hand_written_rules(monkeypatch):
-  # With one formula broken (relu passing the gradient everywhere), the
-  # custom network's gradient must change and the autodiff one must not:
-  # "custom" really goes through jaxconv's rules.
-  model, params, x, labels = setup("lenet")
-  autodiff = gradients(model, params, x, labels, "autodiff")
-  monkeypatch.setattr(layers, "relu_grad", lambda cotangent, y: cotangent)
-  custom = gradients(model, params, x, labels, "custom")
-  errors = jax.tree.map(scaled_error, custom, autodiff)
-  assert errors[0]["conv1"]["w"] > 1e-2
+# The hand-written rule of each layer kind, and how often each network uses
+# it: (convolution, its bias, relu, max pooling, dense, loss).
+RULES = ("_conv", "_add_bias", "_relu", "_extremum_pool", "_dense",
+         "_softmax_cross_entropy")
+USES = {"lenet": (2, 2, 3, 2, 2, 1), "mnist1d_cnn": (3, 3, 4, 3, 2, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_the_custom_network_runs_the_hand_written_rules(name):
+  """"custom" really goes through jaxconv's rules: the loss's program is
+  made of nothing but jaxconv's custom_vjp calls, one per layer, each
+  carrying its hand-written backward, and changes of shape (the flatten;
+  mnist1d_cnn's new channel axis); so jax.grad can only chain those rules.
+  The "autodiff" program has none of them. That each rule is right, and
+  that a wrong one is caught, is tested layer by layer (test_layers.py,
+  test_teeth.py, test_pooling_teeth.py)."""
+  model, params, x, labels = setup(name)
+  programs = {grad: jax.make_jaxpr(models.loss, static_argnums=(0, 4))(
+      model.apply, params, x, labels, grad) for grad in models.GRADS}
+  custom = programs["custom"]
+  assert {eqn.primitive.name for eqn in custom.jaxpr.eqns} <= {
+      "custom_vjp_call", "reshape", "broadcast_in_dim"}
+  text = str(custom)
+  for rule, uses in zip(RULES, USES[name]):
+    assert text.count(f"name={rule}\n") == uses, rule
+    assert text.count(f"bwd={rule}_bwd\n") == uses, rule
+  assert "custom_vjp_call" not in str(programs["autodiff"])
 
 
 def test_model_hessian_vector_product_equals_autodiff():

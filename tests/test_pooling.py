@@ -1,6 +1,7 @@
 """Pooling forwards and gradients against lax, the literal loops, flax and
 finite differences; fixed tables for ties, NaN, -inf, zero Lp windows and
-pure-padding averages; dtypes, jit, vmap and second derivatives.
+pure-padding averages; average pooling with window dilation and of complex
+inputs; dtypes, jit, vmap and second derivatives.
 
 PyTorch comparisons live in test_pooling_torch.py, bad input in
 test_pooling_errors.py, the proof that these tests catch wrong rules in
@@ -8,6 +9,7 @@ test_pooling_teeth.py, and the private window machinery in
 test_pooling_windows.py.
 """
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +74,19 @@ CASES = [
          padding="SAME", p=7),
     dict(kind="lp", shape=(2, 7, 6, 3), window=(3, 2), strides=(2, 3),
          padding=1, ceil_mode=True, p=INF, dilation=(2, 1)),
+    # avg with window dilation: the divisor counts taps, not positions.
+    dict(kind="avg", shape=(2, 9, 8, 2), window=(3, 2), strides=(2, 3),
+         padding=(1, 1), dilation=(2, 3)),
+    dict(kind="avg", shape=(2, 9, 7, 2), window=(2, 3), strides=(3, 1),
+         padding=((1, 0), (2, 1)), dilation=(3, 2), ceil_mode=True,
+         count_include_pad=False),
+    dict(kind="avg", shape=(2, 9, 7, 2), window=(2, 3), strides=(3, 1),
+         padding=((2, 0), (2, 1)), dilation=(3, 2), ceil_mode=True,
+         count_include_pad=True),
+    dict(kind="avg", shape=(9, 2), window=(3,), strides=(2,), padding="SAME",
+         dilation=(2,), divisor_override=3),
 ]
+AVG_DILATED = CASES[-3]
 
 
 def _case_id(case):
@@ -90,8 +104,8 @@ def test_matches_float64_oracle_in_float32(case):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("case", [CASES[4], CASES[11], CASES[20]],
-                         ids=_case_id)
+@pytest.mark.parametrize("case", [CASES[4], CASES[11], CASES[20],
+                                  AVG_DILATED], ids=_case_id)
 def test_half_precision_against_float64(case, dtype):
   oracles.check_case(case, dtype)
 
@@ -110,7 +124,7 @@ def geometries(draw, kind):
   window = tuple(draw(st.integers(1, 3)) for _ in range(rank))
   strides = tuple(draw(st.integers(1, 3)) for _ in range(rank))
   dilation = None
-  if kind != "avg" and draw(st.booleans()):
+  if draw(st.booleans()):
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
   padding_kind = draw(st.sampled_from(["VALID", "SAME", "int", "pairs"]))
   if padding_kind == "int":
@@ -213,8 +227,10 @@ def test_matches_flax_linen(batch, padding):
       (jaxconv.avg_pool, linen.avg_pool, {"count_include_pad": False}),
   ]
   for ours, theirs, options in pairs:
-    f = jax.jit(lambda v: ours(v, window, strides, padding, **options))
-    g = jax.jit(lambda v: theirs(v, window, strides, padding, **options))
+    f = jax.jit(functools.partial(ours, window_shape=window, strides=strides,
+                                  padding=padding, **options))
+    g = jax.jit(functools.partial(theirs, window_shape=window,
+                                  strides=strides, padding=padding, **options))
     y, vjp = jax.vjp(f, x)
     y_ref, vjp_ref = jax.vjp(g, x)
     cotangent = jnp.asarray(oracles.unique_values(y.shape, seed=3))
@@ -261,11 +277,11 @@ def test_nan_wins_and_takes_the_gradient():
   nan = float("nan")
   x = jnp.array([1.0, nan, 3.0, nan, 2.0])[:, None]
   for pool in (jaxconv.max_pool, jaxconv.min_pool):
-    y, dx = _grad(lambda v: pool(v, (4,)), x)
+    y, dx = _grad(functools.partial(pool, window_shape=(4,)), x)
     assert np.isnan(y).all()
     # Window 0 -> its first NaN (1); window 1 -> its first NaN (1).
     np.testing.assert_array_equal(dx[:, 0], [0.0, 2.0, 0.0, 0.0, 0.0])
-    y, dx = _grad(lambda v: pool(v, (2,), 2), x)
+    y, dx = _grad(functools.partial(pool, window_shape=(2,), strides=2), x)
     np.testing.assert_array_equal(np.isnan(y[:, 0]), [True, True])
     np.testing.assert_array_equal(dx[:, 0], [0.0, 1.0, 0.0, 1.0, 0.0])
   # A NaN after the maximum still wins; before it, it stays.
@@ -402,6 +418,12 @@ def test_lp_hessian_vector_product_matches_autodiff(p):
   oracles.assert_close(ours, theirs)
 
 
+def _hvp_of_squares(pool, x, v):
+  """The Hessian of sum(pool(x)^2) applied to v."""
+  loss = lambda u: jnp.sum(pool(u) ** 2)
+  return jax.grad(lambda w: jnp.vdot(jax.grad(loss)(w), v))(x)
+
+
 def test_second_derivative_of_max_is_routing_of_the_cotangent():
   x = jnp.asarray(oracles.unique_values((1, 6, 5, 2)))
   v = jnp.asarray(oracles.unique_values((1, 6, 5, 2), seed=2))
@@ -411,10 +433,8 @@ def test_second_derivative_of_max_is_routing_of_the_cotangent():
       (lambda u: jaxconv.avg_pool(u, (2, 3), 2, "SAME"),
        lambda u: oracles.lax_pool(u, "avg", (2, 3), (2, 2), "SAME")),
   ]:
-    loss = lambda f: lambda u: jnp.sum(f(u) ** 2)
-    hvp = lambda f: jax.grad(lambda w: jnp.vdot(jax.grad(loss(f))(w), v))(x)
-    oracles.assert_close(jax.jit(lambda: hvp(pool))(),
-                         jax.jit(lambda: hvp(ref))())
+    oracles.assert_close(jax.jit(_hvp_of_squares, static_argnums=0)(pool, x, v),
+                         jax.jit(_hvp_of_squares, static_argnums=0)(ref, x, v))
 
 
 # ----------------------------------------------------------------------------
@@ -429,17 +449,18 @@ def test_public_gradient_functions_match_the_rules_and_jit():
   for pool, grad, extra in [
       (jaxconv.min_pool, jaxconv.min_pool_grad, {"dilation": (1, 2),
                                                  "ceil_mode": True}),
-      (jaxconv.avg_pool, jaxconv.avg_pool_grad, {"count_include_pad": False}),
+      (jaxconv.avg_pool, jaxconv.avg_pool_grad, {"count_include_pad": False,
+                                                  "dilation": (2, 1)}),
   ]:
-    y, vjp = jax.vjp(lambda v: pool(v, **geometry, **extra), x)
+    y, vjp = jax.vjp(functools.partial(pool, **geometry, **extra), x)
     cotangent = jnp.asarray(oracles.unique_values(y.shape, seed=1))
     expected = vjp(cotangent)[0]
     np.testing.assert_array_equal(grad(x, cotangent, **geometry, **extra),
                                   expected)
-    jitted = jax.jit(lambda v, g: grad(v, g, **geometry, **extra))
+    jitted = jax.jit(functools.partial(grad, **geometry, **extra))
     np.testing.assert_array_equal(jitted(x, cotangent), expected)
   for p in (2.5,):
-    y, vjp = jax.vjp(lambda v: jaxconv.lp_pool(v, p, **geometry), x)
+    y, vjp = jax.vjp(functools.partial(jaxconv.lp_pool, p=p, **geometry), x)
     cotangent = jnp.asarray(oracles.unique_values(y.shape, seed=1))
     np.testing.assert_allclose(
         jaxconv.lp_pool_grad(x, cotangent, p, **geometry), vjp(cotangent)[0],
@@ -475,6 +496,36 @@ def test_gradient_functions_are_differentiable_in_the_cotangent():
 
 
 # ----------------------------------------------------------------------------
+# Complex average pooling.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+@pytest.mark.parametrize("case", [CASES[10], CASES[12], AVG_DILATED,
+                                  CASES[-1]], ids=_case_id)
+def test_complex_average_matches_lax(case, dtype):
+  """Against jax.vjp of lax.reduce_window in complex: the transpose of the
+  linear map, with no conjugation of the cotangent."""
+  real, cotangent_real = oracles.case_inputs(case)
+  imag, cotangent_imag = oracles.case_inputs(case, seed=3)
+  x = (real + 1j * imag).astype(dtype)
+  cotangent = (cotangent_real - 2j * cotangent_imag).astype(dtype)
+  kwargs = oracles._kwargs(case)
+  y, dx = oracles.jaxconv_vjp(x, cotangent, **kwargs)
+  assert y.dtype == x.dtype and dx.dtype == x.dtype
+  y_ref, dx_ref = jax.jit(lambda v, g: oracles.lax_vjp(v, g, **kwargs))(
+      x.astype(jnp.complex128), cotangent.astype(jnp.complex128))
+  oracles.assert_close(y, y_ref, dtype, f"forward {case}")
+  oracles.assert_close(dx, dx_ref, dtype, f"gradient {case}")
+  options = {k: v for k, v in kwargs.items()
+             if k in ("dilation", "ceil_mode", "count_include_pad",
+                      "divisor_override", "strides", "padding")}
+  options["dilation"] = options.get("dilation") or 1
+  np.testing.assert_array_equal(
+      jaxconv.avg_pool_grad(x, cotangent, case["window"], **options), dx)
+
+
+# ----------------------------------------------------------------------------
 # dtypes, jit, vmap, batch dims, empty batch.
 # ----------------------------------------------------------------------------
 
@@ -487,7 +538,7 @@ def test_output_and_gradient_dtypes(dtype):
             lambda v: jaxconv.avg_pool(v, (2, 2), padding=1),
             lambda v: jaxconv.lp_pool(v, 2, (2, 2)),
             lambda v: jaxconv.lp_pool(v, INF, (2, 2))):
-    y, dx = jax.jit(lambda v: _grad(f, v))(x)
+    y, dx = jax.jit(functools.partial(_grad, f))(x)
     assert y.dtype == dtype and dx.dtype == dtype
 
 
@@ -495,11 +546,11 @@ def test_jit_eager_and_vmap_agree():
   x = jnp.asarray(oracles.unique_values((3, 6, 5, 2), shift=-90.5))
   for f in (lambda v: jaxconv.lp_pool(v, 3, (2, 3), (2, 1), "SAME"),):
     y, dx = _grad(f, x)
-    y_jit, dx_jit = jax.jit(lambda v: _grad(f, v))(x)
+    y_jit, dx_jit = jax.jit(functools.partial(_grad, f))(x)
     np.testing.assert_allclose(y_jit, y, rtol=1e-14)
     np.testing.assert_allclose(dx_jit, dx, rtol=1e-14)
     # vmap over the batch axis of a single-example (no batch dims) call.
-    y_map, dx_map = jax.vmap(lambda v: _grad(f, v))(x)
+    y_map, dx_map = jax.vmap(functools.partial(_grad, f))(x)
     np.testing.assert_allclose(y_map, y, rtol=1e-14)
     np.testing.assert_allclose(dx_map, dx, rtol=1e-14)
 

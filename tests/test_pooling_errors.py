@@ -39,6 +39,13 @@ CASES = [
     ("dilation_length", lambda x: jaxconv.lp_pool(x, 2, (2, 2),
                                                   dilation=(1, 1, 1)),
      ValueError, r"`dilation` must have one entry per spatial dimension"),
+    ("avg_dilation_zero", lambda x: jaxconv.avg_pool(x, (2, 2), dilation=0),
+     ValueError, r"`dilation` entries must be positive, got \(0, 0\)"),
+    ("avg_dilation_float", lambda x: jaxconv.avg_pool_grad(
+        x, jnp.zeros((2, 3, 3, 3)), (2, 2), dilation=(2.0, 1)), TypeError,
+     r"`dilation` must hold integers, got 2\.0"),
+    ("avg_output_size_dilated", lambda x: jaxconv.avg_pool(
+        x, (2, 2), dilation=(5, 1)), ValueError, r"would be 0.*extent 6"),
     ("padding_unknown", lambda x: jaxconv.max_pool(x, (2, 2), padding="FULL"),
      ValueError, r"`padding` string must be one of .*'FULL'"),
     ("padding_negative", lambda x: jaxconv.avg_pool(x, (2, 2), padding=-1),
@@ -96,7 +103,10 @@ CASES = [
      r"\(2, 4, 4, 3\)"),
     ("cotangent_int", lambda x: jaxconv.avg_pool_grad(
         x, jnp.zeros((2, 4, 4, 3), jnp.int32), (2, 2)), TypeError,
-     r"`cotangent` must have a real floating-point dtype"),
+     r"`cotangent` must have a floating-point or complex dtype .*int32"),
+    ("cotangent_int_max", lambda x: jaxconv.max_pool_grad(
+        x, jnp.zeros((2, 4, 4, 3), jnp.int32), (2, 2)), TypeError,
+     r"`cotangent` must have a real floating-point dtype .*int32"),
     ("unpool_indices_float", lambda x: jaxconv.max_unpool(
         x, jnp.zeros(x.shape), (10, 10)), TypeError,
      r"`indices` must be an integer array, got float"),
@@ -126,24 +136,60 @@ def test_bad_arguments_raise_at_the_boundary(f, error, message, mode):
     run()
 
 
-@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64,
-                                   jnp.uint8])
-@pytest.mark.parametrize("pool", [
-    lambda x: jaxconv.max_pool(x, (2,)),
-    lambda x: jaxconv.min_pool(x, (2,)),
+ORDERED_POOLS = [
+    ("max pooling", lambda x: jaxconv.max_pool(x, (2,))),
+    ("min pooling", lambda x: jaxconv.min_pool(x, (2,))),
+    ("Lp pooling", lambda x: jaxconv.lp_pool(x, 2, (2,))),
+    ("max pooling", lambda x: jaxconv.max_pool_with_indices(x, (2,))),
+    ("max pooling", lambda x: jaxconv.max_pool_grad(x, jnp.zeros((1, 4, 1)),
+                                                    (2,))),
+    ("min pooling", lambda x: jaxconv.min_pool_grad(x, jnp.zeros((1, 4, 1)),
+                                                    (2,))),
+    ("Lp pooling", lambda x: jaxconv.lp_pool_grad(x, jnp.zeros((1, 4, 1)), 2,
+                                                  (2,))),
+]
+AVERAGE_POOLS = [
     lambda x: jaxconv.avg_pool(x, (2,)),
-    lambda x: jaxconv.lp_pool(x, 2, (2,)),
-    lambda x: jaxconv.max_pool_with_indices(x, (2,)),
-    lambda x: jaxconv.max_pool_grad(x, jnp.zeros((1, 4, 1)), (2,)),
-])
-def test_non_floating_inputs_are_refused(pool, dtype):
-  x = jnp.zeros((1, 5, 1), dtype)
-  expected = re.escape("real floating-point dtype") + ".*" + re.escape(
-      str(np.dtype(dtype)))
+    lambda x: jaxconv.avg_pool_grad(x, jnp.zeros((1, 4, 1), x.dtype), (2,)),
+]
+
+
+def _raises_everywhere(pool, x, expected):
   for run in (lambda: pool(x), lambda: jax.jit(pool)(x),
               lambda: jax.eval_shape(pool, x)):
     with pytest.raises(TypeError, match=expected):
       run()
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+@pytest.mark.parametrize("pool", [p for _, p in ORDERED_POOLS] + AVERAGE_POOLS)
+def test_non_floating_inputs_are_refused(pool, dtype):
+  x = jnp.zeros((1, 5, 1), dtype)
+  expected = r"`x` must have a (real )?floating-point (or complex )?dtype .*"
+  _raises_everywhere(pool, x, expected + re.escape(str(np.dtype(dtype))))
+
+
+@pytest.mark.parametrize("name, pool", ORDERED_POOLS)
+def test_complex_inputs_are_refused_where_values_are_compared(name, pool):
+  x = jnp.zeros((1, 5, 1), jnp.complex64)
+  _raises_everywhere(pool, x, re.escape(
+      "`x` must have a real floating-point dtype (float16, bfloat16, float32, "
+      f"float64) for {name}, got complex64: complex numbers have no order"))
+
+
+@pytest.mark.parametrize("pool", AVERAGE_POOLS)
+def test_average_pooling_accepts_complex_inputs(pool):
+  for dtype in (jnp.complex64, jnp.complex128):
+    x = jnp.zeros((1, 5, 1), dtype)
+    assert pool(x).dtype == dtype
+    assert jax.jit(pool)(x).dtype == dtype
+
+
+def test_complex_cotangent_of_a_real_average_is_refused():
+  with pytest.raises(TypeError, match=r"`cotangent` is complex64 but `x` is "
+                     r"float32: the cotangent of a real output must be real"):
+    jaxconv.avg_pool_grad(jnp.zeros((1, 5, 1), jnp.float32),
+                          jnp.zeros((1, 4, 1), jnp.complex64), (2,))
 
 
 def test_non_arrays_are_refused():

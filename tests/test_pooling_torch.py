@@ -1,5 +1,6 @@
 """Pooling against PyTorch (float64, CPU): ceil_mode, dilation,
-count_include_pad, divisor_override, lp_pool, return_indices and max_unpool.
+count_include_pad, divisor_override, lp_pool, return_indices and max_unpool;
+adaptive and global pooling.
 
 PyTorch is channels-first with symmetric integer padding and 1-3 spatial
 dimensions; the helpers below move jaxconv's channels-last arrays across.
@@ -202,3 +203,88 @@ def test_ties_and_nan_agree_with_torch_where_torch_is_defined():
   ty, tindices = F.max_pool1d(_to_torch(x3), 3, 2, return_indices=True)
   np.testing.assert_array_equal(np.isnan(y), np.isnan(_from_torch(ty)))
   np.testing.assert_array_equal(indices, _from_torch(tindices))
+
+
+ADAPTIVE_CASES = [
+    # (spatial, output_size): overlapping, larger, partition, global.
+    ((9,), (5,)),
+    ((4,), (9,)),
+    ((7, 6), (4, 4)),
+    ((5, 6), (7, 2)),
+    ((8, 6), (4, 3)),
+    ((5, 6), (1, 1)),
+    ((6, 5, 7), (4, 5, 3)),
+]
+
+
+def _unpool_geometry(spatial, output_size):
+  """A PyTorch max_unpool kernel and padding whose default size is `spatial`.
+
+  PyTorch only uses them to check `output_size`: with stride 1 the default
+  size is m - 1 + k - 2p, which must equal n.
+  """
+  kernels, pads = [], []
+  for n, m in zip(spatial, output_size):
+    pad = max(0, -(-(m - n) // 2))
+    kernels.append(n - m + 1 + 2 * pad)
+    pads.append(pad)
+  return tuple(kernels), tuple(pads)
+
+
+@pytest.mark.parametrize("spatial, output_size", ADAPTIVE_CASES)
+def test_adaptive_pooling_values_indices_and_gradients(spatial, output_size):
+  rank = len(spatial)
+  x = jnp.asarray(oracles.unique_values((2,) + spatial + (3,), shift=-100.0))
+  # Average.
+  y, vjp = jax.vjp(jax.jit(lambda v: jaxconv.adaptive_avg_pool(
+      v, output_size)), x)
+  cotangent = jnp.asarray(oracles.unique_values(y.shape, seed=1, shift=-9.5))
+  out, dx_torch = _torch_vjp(
+      lambda t: getattr(F, f"adaptive_avg_pool{rank}d")(t, output_size), x,
+      cotangent)
+  oracles.assert_close(y, _from_torch(out), what="adaptive avg values")
+  oracles.assert_close(vjp(cotangent)[0], dx_torch,
+                       what="adaptive avg gradient")
+  # Max, with indices.
+  y, indices = jax.jit(lambda v: jaxconv.adaptive_max_pool_with_indices(
+      v, output_size))(x)
+  _, vjp = jax.vjp(jax.jit(lambda v: jaxconv.adaptive_max_pool(
+      v, output_size)), x)
+  out, dx_torch = _torch_vjp(
+      lambda t: getattr(F, f"adaptive_max_pool{rank}d")(t, output_size, True),
+      x, cotangent)
+  oracles.assert_close(y, _from_torch(out[0]), what="adaptive max values")
+  np.testing.assert_array_equal(indices, _from_torch(out[1]))
+  oracles.assert_close(vjp(cotangent)[0], dx_torch,
+                       what="adaptive max gradient")
+  # PyTorch's max_unpool with these indices, and jaxconv's.
+  kernel, pad = _unpool_geometry(spatial, output_size)
+  unpooled = getattr(F, f"max_unpool{rank}d")(
+      _to_torch(y), out[1], kernel, 1, pad, output_size=spatial)
+  np.testing.assert_array_equal(jaxconv.max_unpool(y, indices, spatial),
+                                _from_torch(unpooled))
+
+
+def test_global_pooling_is_adaptive_pooling_to_one():
+  x = jnp.asarray(oracles.unique_values((2, 5, 6, 3), shift=-30.0))
+  t = _to_torch(x)
+  np.testing.assert_allclose(
+      jaxconv.global_avg_pool(x, 2),
+      F.adaptive_avg_pool2d(t, 1).numpy()[:, :, 0, 0], rtol=1e-14)
+  np.testing.assert_array_equal(
+      jaxconv.global_max_pool(x, 2, keepdims=True),
+      _from_torch(F.adaptive_max_pool2d(t, 1)))
+
+
+def test_adaptive_max_nan_agrees_with_torch_where_torch_is_defined():
+  # One NaN per window: the same winner. Two: PyTorch takes its last NaN,
+  # jaxconv its first (the conventions of max_pool).
+  x = jnp.asarray(np.array([1.0, np.nan, 3.0, 0.0, 2.0]).reshape(1, 5, 1))
+  y, indices = jaxconv.adaptive_max_pool_with_indices(x, (2,))
+  ty, tindices = F.adaptive_max_pool1d(_to_torch(x), 2, return_indices=True)
+  np.testing.assert_array_equal(np.isnan(y), np.isnan(_from_torch(ty)))
+  np.testing.assert_array_equal(indices, _from_torch(tindices))
+  x = jnp.asarray(np.array([np.nan, 1.0, np.nan]).reshape(1, 3, 1))
+  _, indices = jaxconv.adaptive_max_pool_with_indices(x, (1,))
+  _, tindices = F.adaptive_max_pool1d(_to_torch(x), 1, return_indices=True)
+  assert int(indices[0, 0, 0]) == 0 and int(tindices[0, 0, 0]) == 2

@@ -1,77 +1,43 @@
-r"""Write a small convolution and its gradients out in symbols, and check them.
+r"""One convolution (and a pooling stage), written out in symbols and checked.
 
-Answers "is my hand derivation right?" for any small case::
-
-    python -m jaxconv.explain --input 3x3 --kernel 2x2
-    python -m jaxconv.explain --input 4x4 --kernel 2x2 --stride 2 --padding 1 \
-        --grad W1 --grad V6
-    python -m jaxconv.explain --input 4x4 --kernel 3x3 --padding SAME \
-        --pool max 2x2
-
-For one example with one channel it names the inputs ``V1, V2, ...``, the
-kernel weights ``W1, W2, ...`` and the outputs ``G1, G2, ...`` (row by row,
-from 1), prints every output as a sum of products,
-
-    G1 = V1·W1 + V2·W2 + V4·W3 + V5·W4
-
-and the chain rule written out for the gradients asked for (by default every
-weight and the input that the most windows read),
-
-    ∂E/∂W1 = ∂E/∂G1·V1 + ∂E/∂G2·V2 + ∂E/∂G3·V4 + ∂E/∂G4·V5
-
-where ``E`` is the loss. With ``--pool max|avg KxK`` a pooling stage follows
-the convolution; its outputs are ``P1, P2, ...``, and the gradients are then
-written in terms of ``∂E/∂P``: average pooling spreads each ``∂E/∂P`` evenly
-over its window, max pooling routes it to the window's largest ``G`` (for
-which, the printout says for the random numbers of the check).
-
-Nothing is derived a second time here. Which input each weight multiplies for
-each output is read off the tied-weight matrix of
-``jaxconv.reference.conv_matrix`` (eq. 20 of ``docs/derivation.md``), built
-with the geometry that ``jaxconv.make_conv_geometry`` normalises; which
-outputs each pooling window covers, and the divisor of an average, come from
-``jaxconv.avg_pool_grad``. Before anything is printed, the sums are evaluated
-on random numbers and compared with ``jaxconv.conv_general_dilated`` (and
-``jaxconv.max_pool``/``avg_pool``) and their ``jax.vjp``; the printout ends
-with the largest difference.
+The one-layer explainer: inputs ``V1, V2, ...``, kernel weights ``W1, ...``,
+convolution outputs ``G1, ...`` and pooling outputs ``P1, ...``, numbered row
+by row from 1; ``E`` is the loss. Every output is a sum of products, and each
+requested gradient is the chain rule written out in terms of ``∂E/∂G`` (or
+``∂E/∂P``). Before anything is printed, the sums are evaluated on random
+numbers and compared with ``jaxconv.conv_general_dilated`` (and
+``jaxconv.max_pool``/``avg_pool``) and their ``jax.vjp``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fractions
 import math
 import re
-import sys
-import textwrap
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv import convolution, pooling, reference
-
-__all__ = [
-    "Explanation",
-    "explain",
-    "forward_equations",
-    "gradient_equations",
-    "main",
-]
-
-# Largest case explained: the tied-weight matrix has (outputs x inputs)
-# entries per weight, and nobody reads a thousand equations.
-MAX_INPUTS = 1024
-MAX_WEIGHTS = 64
+import jaxconv
+from jaxconv.explain import _wiring
+from jaxconv.explain._text import (
+  ASCII,
+  UNICODE,
+  grid,
+  padding_text,
+  shape_text,
+  side_by_side,
+  sized,
+  wrap,
+)
+from jaxconv.explain._wiring import ConvWiring, PoolWiring, conv_wiring
 
 # Agreement required of the check, relative to the size of the numbers
 # (everything is computed in float64).
 _CHECK_TOLERANCE = 1e-9
-
-_UNICODE = {"d": "∂", "times": "·"}
-_ASCII = {"d": "d", "times": "*"}
 
 
 # ---------------------------------------------------------------------------
@@ -125,131 +91,11 @@ def _evaluate(terms: Sequence[_Term], upstream, factor) -> float:
 
 
 # ---------------------------------------------------------------------------
-# The wiring of the convolution and of the pooling, read off the library.
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _ConvWiring:
-  """Which input each weight multiplies for each output.
-
-  ``taps[g]`` lists ``(q, v)``: output ``g`` contains ``V[v] * W[q]``, in the
-  order of the weights ``q`` (taps on padding are absent: they multiply 0).
-  """
-
-  input_shape: tuple[int, ...]
-  kernel_shape: tuple[int, ...]
-  output_shape: tuple[int, ...]
-  geometry: convolution.ConvGeometry
-  taps: tuple[tuple[tuple[int, int], ...], ...]
-
-
-def _conv_wiring(input_shape, kernel_shape, stride, padding,
-                 dilation) -> _ConvWiring:
-  input_shape = tuple(input_shape)
-  kernel_shape = tuple(kernel_shape)
-  if len(input_shape) != len(kernel_shape) or not input_shape:
-    raise ValueError(
-        f"`input` and `kernel` must have the same number (>= 1) of spatial "
-        f"dimensions, got input {input_shape} and kernel {kernel_shape}.")
-  if (math.prod(input_shape) > MAX_INPUTS
-      or math.prod(kernel_shape) > MAX_WEIGHTS):
-    raise ValueError(
-        f"explain writes out every product; it takes at most {MAX_INPUTS} "
-        f"inputs and {MAX_WEIGHTS} weights, got input {input_shape} and "
-        f"kernel {kernel_shape}.")
-  geometry = convolution.make_conv_geometry(
-      (1, 1) + input_shape, (1, 1) + kernel_shape, stride,
-      _padding_pairs(padding, len(input_shape)), None, dilation)
-  output_shape = convolution.conv_output_shape(
-      geometry, (1, 1) + input_shape, (1, 1) + kernel_shape)[2:]
-  outputs = math.prod(output_shape)
-  weights = math.prod(kernel_shape)
-  taps: list[list[tuple[int, int]]] = [[] for _ in range(outputs)]
-  for q in range(weights):
-    # The tied-weight matrix (eq. 20) of a kernel that is 1 at weight q and 0
-    # elsewhere: entry (g, v) is 1 exactly where W_q multiplies V_v in G_g.
-    one_hot = np.zeros(weights)
-    one_hot[q] = 1.0
-    matrix = reference.conv_matrix(
-        one_hot.reshape((1, 1) + kernel_shape), input_shape,
-        strides=geometry.window_strides, padding=geometry.padding,
-        rhs_dilation=geometry.rhs_dilation)
-    if matrix.shape != (outputs, math.prod(input_shape)):
-      raise RuntimeError(
-          f"jaxconv.reference.conv_matrix gives {matrix.shape[0]} outputs, "
-          f"jaxconv.conv_output_shape {outputs}: the two disagree.")
-    for g, v in zip(*np.nonzero(matrix)):
-      taps[int(g)].append((q, int(v)))
-  return _ConvWiring(input_shape, kernel_shape, tuple(output_shape), geometry,
-                     tuple(tuple(t) for t in taps))
-
-
-def _padding_pairs(padding, n: int):
-  """A padding string as it is; an int, one int per dimension or one pair per
-  dimension (or a single entry for all) as ``(lo, hi)`` pairs."""
-  if isinstance(padding, str):
-    return padding
-  if isinstance(padding, (int, np.integer)):
-    return ((int(padding), int(padding)),) * n
-  entries = list(padding)
-  if len(entries) == 1 and n > 1:
-    entries = entries * n
-  return tuple((int(e), int(e)) if isinstance(e, (int, np.integer))
-               else tuple(e) for e in entries)
-
-
-@dataclasses.dataclass(frozen=True)
-class _PoolWiring:
-  """``members[p]`` lists ``(g, 1 / D_p)`` for the outputs ``G_g`` that window
-  ``p`` covers, in window order; ``D_p`` is the divisor of an average."""
-
-  kind: str
-  window: tuple[int, ...]
-  strides: tuple[int, ...]
-  padding: object
-  output_shape: tuple[int, ...]
-  members: tuple[tuple[tuple[int, fractions.Fraction], ...], ...]
-
-
-def _pool_wiring(kind, conv_shape, window, strides, padding) -> _PoolWiring:
-  if kind not in ("max", "avg"):
-    raise ValueError(f"`pool` kind must be 'max' or 'avg', got {kind!r}.")
-  window = tuple(window)
-  strides = window if strides is None else strides
-  padding = _padding_pairs(padding, len(window))
-  features = conv_shape + (1,)
-  pool = pooling.max_pool if kind == "max" else pooling.avg_pool
-  # Validates the geometry the way the library does, and gives the shape.
-  pooled = jax.eval_shape(lambda x: pool(x, window, strides, padding),
-                          jax.ShapeDtypeStruct(features, jnp.float32))
-  output_shape = tuple(pooled.shape[:-1])
-  members = []
-  for p in range(math.prod(output_shape)):
-    # The average-pool gradient of a cotangent that is 1 at P_p: 1 / D_p on
-    # every real position of window p, 0 elsewhere.
-    cotangent = np.zeros(math.prod(output_shape))
-    cotangent[p] = 1.0
-    spread = pooling.avg_pool_grad(
-        jax.ShapeDtypeStruct(features, jnp.float32),
-        jnp.asarray(cotangent.reshape(pooled.shape), jnp.float32), window,
-        strides, padding, count_include_pad=True)
-    spread = np.asarray(spread, dtype=np.float64).ravel()
-    members.append(tuple(
-        (int(g), fractions.Fraction(float(spread[g])).limit_denominator(10**6))
-        for g in np.flatnonzero(spread)))
-  if isinstance(strides, int):
-    strides = (strides,) * len(window)
-  return _PoolWiring(kind, window, tuple(strides), padding, output_shape,
-                     tuple(members))
-
-
-# ---------------------------------------------------------------------------
 # The equations.
 # ---------------------------------------------------------------------------
 
 
-def _conv_gradient_terms(wiring: _ConvWiring, variable: str,
+def _conv_gradient_terms(wiring: ConvWiring, variable: str,
                          index: int) -> list[_Term]:
   """Eq. (9) for ``W``, eq. (12) for ``V``: upstream ``∂E/∂G``."""
   terms = []
@@ -262,7 +108,7 @@ def _conv_gradient_terms(wiring: _ConvWiring, variable: str,
   return terms
 
 
-def _pool_routing(pool: _PoolWiring,
+def _pool_routing(pool: PoolWiring,
                   conv_values) -> list[list[tuple[int, fractions.Fraction]]]:
   """For each window ``p``: the ``(g, coefficient)`` with ``∂E/∂G_g`` gets
   ``coefficient * ∂E/∂P_p``. Average: every member, ``1/D_p``. Max: the first
@@ -309,8 +155,8 @@ def forward_equations(input_shape: Sequence[int], kernel_shape: Sequence[int],
     multiply a zero and are left out; an output made of padding only is
     ``G = 0``.
   """
-  symbols = _ASCII if ascii else _UNICODE
-  wiring = _conv_wiring(input_shape, kernel_shape, stride, padding, dilation)
+  symbols = ASCII if ascii else UNICODE
+  wiring = conv_wiring(input_shape, kernel_shape, stride, padding, dilation)
   return [_forward_line(g, taps, symbols) for g, taps in enumerate(wiring.taps)]
 
 
@@ -341,8 +187,8 @@ def gradient_equations(input_shape: Sequence[int], kernel_shape: Sequence[int],
   Returns:
     One string per name, ``∂E/∂W1 = ∂E/∂G1·V1 + ...``.
   """
-  symbols = _ASCII if ascii else _UNICODE
-  wiring = _conv_wiring(input_shape, kernel_shape, stride, padding, dilation)
+  symbols = ASCII if ascii else UNICODE
+  wiring = conv_wiring(input_shape, kernel_shape, stride, padding, dilation)
   lines = []
   for name in names:
     variable, index = _parse_variable(name, wiring)
@@ -362,7 +208,7 @@ def _gradient_line(variable, index, terms, upstream, symbols) -> str:
   return line
 
 
-def _parse_variable(name: str, wiring: _ConvWiring) -> tuple[str, int]:
+def _parse_variable(name: str, wiring: ConvWiring) -> tuple[str, int]:
   match = re.fullmatch(r"\s*([WwVv])\s*(\d+)\s*", str(name))
   if not match:
     raise ValueError(
@@ -414,35 +260,19 @@ class Explanation:
   passed: bool
 
   def __str__(self) -> str:
-    sections = [[_wrap(line) for line in self.header]]
+    sections = [[wrap(line) for line in self.header]]
     if self.grids:
       sections.append(list(self.grids))
     sections.append(["Forward"] + ["  " + line for line in self.forward])
     if self.pool_backward:
-      sections.append([_wrap(line) for line in self.pool_backward])
-    sections.append([_wrap(line) for line in self.backward])
-    sections.append([_wrap(self.check)])
+      sections.append([wrap(line) for line in self.pool_backward])
+    sections.append([wrap(line) for line in self.backward])
+    sections.append([wrap(self.check)])
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def _wrap(line: str) -> str:
-  """Wraps prose at 76 columns; equations (indented lines) stay whole."""
-  if line.startswith(" "):
-    return line
-  return textwrap.fill(line, width=76, break_on_hyphens=False)
-
-
-def _grid(names: Sequence[str], shape: Sequence[int]) -> list[str]:
-  """Rows of a 1-D or 2-D arrangement of names, right-aligned."""
-  shape = tuple(shape)
-  rows = [names] if len(shape) == 1 else [
-      names[r * shape[1]:(r + 1) * shape[1]] for r in range(shape[0])]
-  width = max((len(n) for n in names), default=1)
-  return [" ".join(n.rjust(width) for n in row) for row in rows]
-
-
 def _padded_input_names(
-    wiring: _ConvWiring) -> tuple[list[str], tuple[int, ...]]:
+    wiring: ConvWiring) -> tuple[list[str], tuple[int, ...]]:
   """Names of the padded (or cropped) input, ``0`` on padding."""
   ranges = [range(-lo, n + hi) for n, (lo, hi) in
             zip(wiring.input_shape, wiring.geometry.padding)]
@@ -457,57 +287,30 @@ def _padded_input_names(
   return names, shape
 
 
-def _grids(wiring: _ConvWiring, pool: _PoolWiring | None) -> list[str]:
+def _grids(wiring: ConvWiring, pool: PoolWiring | None) -> list[str]:
   if len(wiring.input_shape) > 2:
     return []
   padded = any(p != (0, 0) for p in wiring.geometry.padding)
   blocks = []
   if padded:
     names, shape = _padded_input_names(wiring)
-    blocks.append(("padded input", _grid(names, shape)))
+    blocks.append(("padded input", grid(names, shape)))
   else:
-    blocks.append(("input", _grid(
+    blocks.append(("input", grid(
         [_name("V", v) for v in range(math.prod(wiring.input_shape))],
         wiring.input_shape)))
-  blocks.append(("kernel", _grid(
+  blocks.append(("kernel", grid(
       [_name("W", q) for q in range(math.prod(wiring.kernel_shape))],
       wiring.kernel_shape)))
-  blocks.append(("conv output", _grid(
+  blocks.append(("conv output", grid(
       [_name("G", g) for g in range(len(wiring.taps))], wiring.output_shape)))
   if pool is not None:
-    blocks.append((f"{pool.kind} pool output", _grid(
+    blocks.append((f"{pool.kind} pool output", grid(
         [_name("P", p) for p in range(len(pool.members))], pool.output_shape)))
-  height = max(len(rows) for _, rows in blocks)
-  widths = [max(len(title), *(len(r) for r in rows)) for title, rows in blocks]
-  lines = ["    ".join(title.ljust(w) for (title, _), w in zip(blocks, widths))]
-  for i in range(height):
-    lines.append("    ".join((rows[i] if i < len(rows) else "").ljust(w)
-                             for (_, rows), w in zip(blocks, widths)))
-  return ["  " + line.rstrip() for line in lines]
+  return side_by_side(blocks)
 
 
-def _shape_text(shape) -> str:
-  return "x".join(str(s) for s in shape)
-
-
-def _padding_text(padding) -> str:
-  """``VALID``, or ``lo:hi`` pairs as on the command line: ``1:1x0:1``."""
-  if isinstance(padding, str):
-    return padding
-  if isinstance(padding, (int, np.integer)):
-    return str(int(padding))
-  return "x".join(f"{p[0]}:{p[1]}" if isinstance(p, (tuple, list)) else str(p)
-                  for p in padding)
-
-
-def _sized(shape, what: str) -> str:
-  """``a 3x3 input``, ``a length-5 input``."""
-  if len(shape) == 1:
-    return f"a length-{shape[0]} {what}"
-  return f"a {_shape_text(shape)} {what}"
-
-
-def _default_names(wiring: _ConvWiring) -> list[str]:
+def _default_names(wiring: ConvWiring) -> list[str]:
   """Every weight, and the input that the most outputs read (the first such)."""
   reads = np.zeros(math.prod(wiring.input_shape), dtype=int)
   for taps in wiring.taps:
@@ -517,17 +320,17 @@ def _default_names(wiring: _ConvWiring) -> list[str]:
   return weights + [_name("V", int(np.argmax(reads)))]
 
 
-def _library_function(wiring: _ConvWiring, pool: _PoolWiring | None):
+def _library_function(wiring: ConvWiring, pool: PoolWiring | None):
   """The library's computation of the last stage, from (V, W)."""
   geometry = wiring.geometry
 
   def function(v, w):
-    g = convolution.conv_general_dilated(
+    g = jaxconv.conv_general_dilated(
         v[None, None], w[None, None], geometry.window_strides,
         geometry.padding, rhs_dilation=geometry.rhs_dilation)[0, 0]
     if pool is None:
       return g
-    pool_function = pooling.max_pool if pool.kind == "max" else pooling.avg_pool
+    pool_function = jaxconv.max_pool if pool.kind == "max" else jaxconv.avg_pool
     return pool_function(g[..., None], pool.window, pool.strides,
                          pool.padding)[..., 0]
 
@@ -558,8 +361,9 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
     pool: ``None``, ``"max"`` or ``"avg"``: a pooling stage after the
       convolution.
     pool_window: the pooling window (required with ``pool``).
-    pool_stride: the pooling stride; ``None`` means the window (windows side
-      by side, the usual choice after a convolution).
+    pool_stride: the pooling stride; ``None`` means 1, the default of
+      ``jaxconv.max_pool`` and ``jaxconv.avg_pool`` (Flax's convention).
+      Pass the window for windows side by side.
     pool_padding: the pooling padding, as in ``jaxconv.max_pool``.
     grads: the gradients to expand, like ``["W1", "V5"]``; ``None`` means
       every weight and the input that the most windows read.
@@ -573,15 +377,28 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
     ValueError: a bad geometry (as the library reports it), an unknown
       variable name, or a case too large to write out.
   """
-  symbols = _ASCII if ascii else _UNICODE
+  return _explain(_conv_gradient_terms, input_shape, kernel_shape, stride,
+                  padding, dilation, pool=pool, pool_window=pool_window,
+                  pool_stride=pool_stride, pool_padding=pool_padding,
+                  grads=grads, seed=seed, ascii=ascii)
+
+
+def _explain(gradient_terms, input_shape, kernel_shape, stride, padding,
+             dilation, *, pool, pool_window, pool_stride, pool_padding, grads,
+             seed, ascii) -> Explanation:
+  """:func:`explain`, with eqs. (9) and (12) given as ``gradient_terms(wiring,
+  variable, index)`` (``_conv_gradient_terms``). The check does not depend
+  on where the terms come from: the tests hand it wrong ones to show that it
+  fails."""
+  symbols = ASCII if ascii else UNICODE
   d = symbols["d"]
-  wiring = _conv_wiring(input_shape, kernel_shape, stride, padding, dilation)
+  wiring = conv_wiring(input_shape, kernel_shape, stride, padding, dilation)
   pool_wiring = None
   if pool is not None:
     if pool_window is None:
       raise ValueError("`pool_window` is required with `pool`.")
-    pool_wiring = _pool_wiring(pool, wiring.output_shape, pool_window,
-                               pool_stride, pool_padding)
+    pool_wiring = _wiring.pool_wiring(pool, wiring.output_shape,
+                                      pool_window, pool_stride, pool_padding)
   names = list(grads) if grads else _default_names(wiring)
   requested = [_parse_variable(name, wiring) for name in names]
 
@@ -612,7 +429,7 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
         for window in routing])
 
   def terms_for(variable, index):
-    terms = _conv_gradient_terms(wiring, variable, index)
+    terms = gradient_terms(wiring, variable, index)
     return terms if routing is None else _chained_terms(terms, routing)
 
   ours_dv = [_evaluate(terms_for("V", j), upstream, w) for j in range(v.size)]
@@ -628,19 +445,19 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
   # The text.
   geometry = wiring.geometry
   header = [
-      f"Convolution of {_sized(wiring.input_shape, 'input')} with "
-      f"{_sized(wiring.kernel_shape, 'kernel')}: stride "
-      f"{_shape_text(geometry.window_strides)}, padding "
-      f"{_padding_text(geometry.padding)} (lo:hi per dimension), dilation "
-      f"{_shape_text(geometry.rhs_dilation)}; output "
-      f"{_shape_text(wiring.output_shape)}."]
+      f"Convolution of {sized(wiring.input_shape, 'input')} with "
+      f"{sized(wiring.kernel_shape, 'kernel')}: stride "
+      f"{shape_text(geometry.window_strides)}, padding "
+      f"{padding_text(geometry.padding)} (lo:hi per dimension), dilation "
+      f"{shape_text(geometry.rhs_dilation)}; output "
+      f"{shape_text(wiring.output_shape)}."]
   if pool_wiring is not None:
     header.append(
         f"Then {pool_wiring.kind} pooling: window "
-        f"{_shape_text(pool_wiring.window)}, stride "
-        f"{_shape_text(pool_wiring.strides)}, padding "
-        f"{_padding_text(pool_wiring.padding)}; output "
-        f"{_shape_text(pool_wiring.output_shape)}.")
+        f"{shape_text(pool_wiring.window)}, stride "
+        f"{shape_text(pool_wiring.strides)}, padding "
+        f"{padding_text(pool_wiring.padding)}; output "
+        f"{shape_text(pool_wiring.output_shape)}.")
   stages = "G: convolution outputs" + (", P: pooling outputs" if pool_wiring
                                         else "")
   header.append(
@@ -701,7 +518,7 @@ def explain(input_shape: Sequence[int], kernel_shape: Sequence[int], stride=1,
       passed=passed)
 
 
-def _pool_backward_lines(pool: _PoolWiring, routing, outputs: int,
+def _pool_backward_lines(pool: PoolWiring, routing, outputs: int,
                          symbols) -> list[str]:
   """``∂E/∂G = ...`` for each of the ``outputs`` convolution outputs."""
   d, times = symbols["d"], symbols["times"]
@@ -737,148 +554,3 @@ def _pool_backward_lines(pool: _PoolWiring, routing, outputs: int,
   return lines
 
 
-# ---------------------------------------------------------------------------
-# Command line.
-# ---------------------------------------------------------------------------
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-  parts = re.split(r"[x,×]", text.strip().lower())
-  try:
-    shape = tuple(int(p) for p in parts)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"a shape is written like 3x3, got {text!r}") from None
-  if any(s < 1 for s in shape):
-    raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-  return shape
-
-
-def _parse_ints(text: str):
-  parts = re.split(r"[x,]", text.strip().lower())
-  try:
-    values = tuple(int(p) for p in parts)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"expected an int or ints like 2x1, got {text!r}") from None
-  return values[0] if len(values) == 1 else values
-
-
-def _parse_padding(text: str):
-  """``VALID``/``SAME``/``SAME_LOWER``, ``1`` (every side), ``1x0`` (per
-  dimension, both sides) or ``lo:hi`` per dimension, like ``0:1x1:0``."""
-  upper = text.strip().upper()
-  if upper in ("VALID", "SAME", "SAME_LOWER"):
-    return upper
-  pairs = []
-  for part in re.split(r"[x,]", text.strip().lower()):
-    try:
-      if ":" in part:
-        lo, hi = part.split(":")
-        pairs.append((int(lo), int(hi)))
-      else:
-        pairs.append((int(part), int(part)))
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"padding is VALID, SAME, SAME_LOWER, an int, ints like 1x0, or "
-          f"lo:hi pairs like 0:1x1:0; got {text!r}") from None
-  return pairs
-
-
-def _build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m jaxconv.explain",
-      description="Write a small convolution (one example, one channel) and "
-      "its gradients out in symbols, checked against jaxconv's VJP.",
-      epilog="Example: python -m jaxconv.explain --input 3x3 --kernel 2x2 "
-      "--grad W1 --grad V5")
-  parser.add_argument("--input", required=True, type=_parse_shape,
-                      help="spatial shape of the input, e.g. 3x3 (or 5, or "
-                      "3x3x3)")
-  parser.add_argument("--kernel", required=True, type=_parse_shape,
-                      help="spatial shape of the kernel, e.g. 2x2")
-  parser.add_argument("--stride", type=_parse_ints, default=1,
-                      help="an int or one per dimension, e.g. 2 or 2x1 "
-                      "(default 1)")
-  parser.add_argument("--padding", type=_parse_padding, default="VALID",
-                      help="VALID (default), SAME, SAME_LOWER, an int, ints "
-                      "like 1x0, or lo:hi pairs like 0:1x1:0")
-  parser.add_argument("--dilation", type=_parse_ints, default=1,
-                      help="kernel dilation, an int or one per dimension "
-                      "(default 1)")
-  parser.add_argument("--pool", nargs=2, metavar=("KIND", "WINDOW"),
-                      help="add a pooling stage: max or avg, and a window "
-                      "like 2x2")
-  parser.add_argument("--pool-stride", type=_parse_ints, default=None,
-                      help="pooling stride (default: the window)")
-  parser.add_argument("--pool-padding", type=_parse_padding, default="VALID",
-                      help="pooling padding, as --padding (default VALID)")
-  parser.add_argument("--grad", action="append", metavar="NAME",
-                      help="a gradient to expand, like W1 or V5; repeat it, "
-                      "or say 'all' (default: every weight and the most-read "
-                      "input)")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="seed of the random numbers of the check")
-  parser.add_argument("--ascii", action="store_true",
-                      help="write d and * instead of ∂ and ·")
-  return parser
-
-
-def _can_print_unicode(stream) -> bool:
-  """False only for a stream whose declared encoding has no ``∂``."""
-  encoding = getattr(stream, "encoding", None)
-  if not encoding:
-    return True  # an in-memory text stream takes any str
-  try:
-    "∂·".encode(encoding)
-  except (LookupError, UnicodeEncodeError):
-    return False
-  return True
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point of ``python -m jaxconv.explain``.
-
-  Args:
-    argv: the arguments, without the program name; ``None`` means
-      ``sys.argv[1:]``.
-
-  Returns:
-    The exit status: 0 when the check passed, 1 when it failed, 2 for bad
-    arguments.
-  """
-  parser = _build_parser()
-  args = parser.parse_args(argv)
-  pool = pool_window = None
-  if args.pool:
-    pool = args.pool[0].lower()
-    if pool not in ("max", "avg"):
-      parser.error(f"--pool KIND must be max or avg, got {args.pool[0]!r}")
-    try:
-      pool_window = _parse_shape(args.pool[1])
-    except argparse.ArgumentTypeError as error:
-      parser.error(f"--pool WINDOW: {error}")
-  elif args.pool_stride is not None or args.pool_padding != "VALID":
-    parser.error("--pool-stride and --pool-padding need --pool")
-  grads = args.grad
-  ascii_only = args.ascii or not _can_print_unicode(sys.stdout)
-  try:
-    if grads and any(g.lower() == "all" for g in grads):
-      wiring = _conv_wiring(args.input, args.kernel, args.stride, args.padding,
-                            args.dilation)
-      grads = ([_name("W", q) for q in range(math.prod(wiring.kernel_shape))]
-               + [_name("V", j) for j in range(math.prod(wiring.input_shape))])
-    result = explain(args.input, args.kernel, args.stride, args.padding,
-                     args.dilation, pool=pool, pool_window=pool_window,
-                     pool_stride=args.pool_stride,
-                     pool_padding=args.pool_padding, grads=grads,
-                     seed=args.seed, ascii=ascii_only)
-  except (ValueError, TypeError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  print(result, end="")
-  return 0 if result.passed else 1
-
-
-if __name__ == "__main__":
-  sys.exit(main())
