@@ -23,7 +23,8 @@ training step does. Ratios are jaxconv / lax (below 1: jaxconv is faster).
 ``--record`` writes the table to ``docs/benchmarks/layers-<machine>.md`` (with
 the command and the machine) and the chart to
 ``docs/figures/benchmark-layers-<machine>.png``, where ``<machine>`` is the
-host's policy preset (its CPU class), with ``-eigen`` for XLA's Eigen kernel.
+host's CPU class (``timing.cpu_class``), with ``-eigen`` for XLA's Eigen
+kernel and ``-policy-<name>`` under ``--policy``.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def keep_freed_memory() -> bool:
 
   By default each call of a compiled program maps its large temporary
   buffers afresh and faults every page in again (docs/performance.md,
-  "What each rule keeps"). This sets what ``MALLOC_MMAP_THRESHOLD_=1000000000
+  "Memory"). This sets what ``MALLOC_MMAP_THRESHOLD_=1000000000
   MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_ARENA_MAX=1`` would: requests up
   to 1 GB come from the heap, which is given back to the system only when
   more than 2 GB at its top are free, and every thread allocates from the
@@ -284,16 +285,20 @@ def xla_kernel() -> str:
           else "eigen")
 
 
-def machine() -> str:
-  """The machine, and the jaxconv policy it gets."""
-  return f"{timing.machine()}, jaxconv policy {jaxconv.host_policy().name!r}"
+def machine(policy: str | None = None) -> str:
+  """The machine, and the jaxconv policy the measurement used."""
+  name = policy or f"{jaxconv.host_policy().name} (the host's)"
+  return f"{timing.machine()}, jaxconv policy {name}"
 
 
-def record_name() -> str:
-  """The name of this machine's record: its policy preset (CPU class), and
-  ``-eigen`` where XLA runs 2-D convolutions on its Eigen kernel."""
+def record_name(policy: str | None = None) -> str:
+  """The name of this machine's record: its CPU class, ``-eigen`` where XLA
+  runs 2-D convolutions on its Eigen kernel, and the policy where it is not
+  the host's."""
   suffix = "" if xla_kernel() == "ynnpack" else "-eigen"
-  return f"{jaxconv.host_policy().name}{suffix}"
+  if policy:
+    suffix += f"-policy-{policy}"
+  return f"{timing.cpu_class()}{suffix}"
 
 
 def markdown(rows, matmul_rate, args, command: str) -> str:
@@ -324,7 +329,7 @@ def markdown(rows, matmul_rate, args, command: str) -> str:
             "Eigen's (YNNPACK's turned off, --no-ynnpack-convolutions or "
             "XLA_FLAGS)")
   info = [
-      f"Measured {datetime.date.today()} on {machine()}.",
+      f"Measured {datetime.date.today()} on {machine(args.policy)}.",
       "",
       f"Command: `{command}`",
       "",
@@ -349,8 +354,7 @@ def plot(rows, path):
   ax.axvline(1.0, color="black", linewidth=0.8)
   ax.set_xscale("log")
   ax.set_xlabel("speed-up of jaxconv over jax.grad of lax (forward+backward)")
-  ax.set_title(f"{timing.cpu_model()}, policy {jaxconv.host_policy().name!r}",
-               fontsize=9)
+  ax.set_title(f"{timing.cpu_model()}, {timing.cpu_class()}", fontsize=9)
   ax.invert_yaxis()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -371,6 +375,9 @@ def main(argv=None) -> int:
   parser.add_argument("--no-ynnpack-convolutions", action="store_true",
                       help="XLA's Eigen kernel for 2-D convolutions, not "
                       "YNNPACK's (for lax and jaxconv alike)")
+  parser.add_argument("--policy", default=None,
+                      help="a jaxconv policy preset to trace jaxconv's "
+                      "programs under (default: the host's)")
   parser.add_argument("--record", action="store_true",
                       help="write this machine's record: the table to "
                       "docs/benchmarks/layers-<machine>.md, the chart to "
@@ -386,8 +393,10 @@ def main(argv=None) -> int:
   if args.no_ynnpack_convolutions and not no_ynnpack_convolutions():
     parser.error("--no-ynnpack-convolutions: XLA still hands 2-D "
                  "convolutions to YNNPACK (was it started already?)")
+  if args.policy and args.policy not in jaxconv.PRESETS:
+    parser.error(f"--policy must be one of {tuple(jaxconv.PRESETS)}")
   if args.record:
-    name = record_name()
+    name = record_name(args.policy)
     args.markdown = args.markdown or ROOT / "docs" / "benchmarks" / (
         f"layers-{name}.md")
     args.plot = args.plot or ROOT / "docs" / "figures" / (
@@ -399,7 +408,8 @@ def main(argv=None) -> int:
   rows = []
   for batch in batches:
     for layer in layers:
-      row = measure(layer, batch, args.repeats, not args.no_torch)
+      with jaxconv.use_policy(args.policy or jaxconv.host_policy()):
+        row = measure(layer, batch, args.repeats, not args.no_torch)
       rows.append(row)
       torch_ms = (f"{row['torch_fwdbwd_ms']:8.1f}" if row["torch_fwdbwd_ms"]
                   else "       -")
@@ -423,7 +433,8 @@ def main(argv=None) -> int:
                 f"{Path(args.plot).name})\n")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(rows=rows, matmul_gflops=rate, machine=machine(),
+      json.dump(dict(rows=rows, matmul_gflops=rate,
+                     machine=machine(args.policy),
                      xla_convolutions=xla_kernel()), f, indent=1)
   if args.plot:
     plot(rows, args.plot)

@@ -42,16 +42,19 @@ Writes a Markdown record, a JSON file and a chart.
     python experiments/benchmark_models.py --only mobilenet --trace-dir /tmp/t
     python experiments/benchmark_models.py --no-profile --no-torch
 
-The full record is written to ``docs/benchmarks/models-cpu.md`` (and
-``.json``) and the chart to ``docs/figures/benchmark-models.png``; PyTorch's
-times are only meaningful on an otherwise idle machine (its OpenMP threads
-lose most of their speed when another process takes a core).
+The full record is written to ``docs/benchmarks/models-<machine>.md``, every
+figure to ``experiments/results/models-<machine>.json`` and the chart to
+``docs/figures/benchmark-models-<machine>.png``, ``<machine>`` being the
+host's CPU class (``timing.cpu_class``); PyTorch's times are only meaningful
+on an otherwise idle machine (its OpenMP threads lose most of their speed
+when another process takes a core).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -75,9 +78,13 @@ import timing
 import xla_profile
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-DEFAULT_MARKDOWN = REPOSITORY / "docs" / "benchmarks" / "models-cpu.md"
-DEFAULT_JSON = REPOSITORY / "docs" / "benchmarks" / "models-cpu.json"
-DEFAULT_PLOT = REPOSITORY / "docs" / "figures" / "benchmark-models.png"
+# Named for the host's CPU class (timing.cpu_class), one record per machine.
+DEFAULT_MARKDOWN = (REPOSITORY / "docs" / "benchmarks"
+                    / f"models-{timing.cpu_class()}.md")
+DEFAULT_JSON = (REPOSITORY / "experiments" / "results"
+                / f"models-{timing.cpu_class()}.json")
+DEFAULT_PLOT = (REPOSITORY / "docs" / "figures"
+                / f"benchmark-models-{timing.cpu_class()}.png")
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -339,20 +346,31 @@ def _trimmed(profile: dict) -> dict:
           "instructions": profile["instructions"][:PROFILE_INSTRUCTIONS_KEPT]}
 
 
+# Compile times vary by a third from one compile to the next: each step is
+# compiled this many times, taking turns, and the median is reported.
+COMPILES = 3
+
+
 def compile_steps(network: networks.Network, transform, arguments, *,
                   policy: str | None, jaxconv_first: bool) -> dict:
-  """The jaxconv and lax steps compiled for ``arguments``, each timed and
-  with its temporary memory (``timing.Compiled``), jaxconv's traced under
-  ``policy``."""
-  steps = {"jaxconv": make_step(network, networks.jaxconv_ops(), transform),
-           "lax": make_step(network, networks.lax_ops(), transform)}
-  compiled = {}
-  for side in (("jaxconv", "lax") if jaxconv_first else ("lax", "jaxconv")):
-    context = (policy_context(policy) if side == "jaxconv"
-               else contextlib.nullcontext())
-    with context:
-      compiled[side] = timing.compile_program(steps[side], *arguments)
-  return {side: compiled[side] for side in ("jaxconv", "lax")}
+  """The jaxconv and lax steps compiled for ``arguments``, each with its
+  temporary memory and its median compile time over ``COMPILES`` compiles
+  (``timing.Compiled``), jaxconv's traced under ``policy``."""
+  ops = {"jaxconv": networks.jaxconv_ops(), "lax": networks.lax_ops()}
+  compiled: dict = {}
+  seconds: dict = {"jaxconv": [], "lax": []}
+  for _ in range(COMPILES):
+    for side in (("jaxconv", "lax") if jaxconv_first else ("lax", "jaxconv")):
+      context = (policy_context(policy) if side == "jaxconv"
+                 else contextlib.nullcontext())
+      # A step made afresh each time, so that no cached trace is reused.
+      step = make_step(network, ops[side], transform)
+      with context:
+        program = timing.compile_program(step, *arguments)
+      compiled.setdefault(side, program)
+      seconds[side].append(program.compile_seconds)
+  return {side: dataclasses.replace(compiled[side], compile_seconds=float(
+      np.median(seconds[side]))) for side in ("jaxconv", "lax")}
 
 
 def check_one_step(network, compiled, torch_first_step, arguments,
@@ -544,7 +562,8 @@ def markdown(rows, meta) -> str:
       "How to read it: ratios are jaxconv / other (below 1: jaxconv is "
       "faster or smaller). PyTorch runs channels first (NCHW, its default "
       "memory format), the JAX programs channels last. Compile time is "
-      "`jax.jit(step).lower(...).compile()`, tracing included. XLA "
+      "`jax.jit(step).lower(...).compile()`, tracing included, the median "
+      f"of {COMPILES} compiles of each, taking turns. XLA "
       "temporaries are the compiled step's temporary buffers (parameters, "
       "inputs and outputs excluded); PyTorch's memory is how far a fresh "
       "process's peak resident memory rises, over "

@@ -29,8 +29,8 @@ Usage:
     python experiments/benchmark_pooling.py --record   # this machine's record
 
 ``--record`` writes the table, with the command and the machine, to
-``docs/benchmarks/pooling-<machine>.md`` (``<machine>``: the host's jaxconv
-policy preset, its CPU class).
+``docs/benchmarks/pooling-<machine>.md`` (``<machine>``: the host's CPU
+class).
 """
 
 from __future__ import annotations

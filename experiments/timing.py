@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxconv._algorithms import host
+
 
 def block(result: Any) -> Any:
   """Waits for a JAX result; anything else (a PyTorch tensor) is returned
@@ -126,6 +128,13 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def cpu_class() -> str:
+  """The host's CPU class as jaxconv's policy names it (``"amd-avx512"``,
+  ``"intel-avx512"``, ``"amd-avx2"`` or ``"generic"``): the name of this
+  machine's records."""
+  return host.cpu_class(host.host_cpuinfo())
 
 
 def machine() -> str:

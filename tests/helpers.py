@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -76,3 +79,15 @@ def assert_close_complex(actual, expected, dtype, what: str = "") -> None:
   error = scaled_error_complex(actual, expected)
   assert error <= tolerance, (
       f"{what}: scaled error {error:.3e} exceeds {tolerance:.1e} for {dtype}")
+
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def experiment_module(name: str):
+  """Imports ``experiments/<name>.py`` (the folder is not a package)."""
+  sys.path.insert(0, str(EXPERIMENTS))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.remove(str(EXPERIMENTS))

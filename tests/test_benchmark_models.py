@@ -6,13 +6,13 @@ import importlib
 import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.helpers import experiment_module
 
 MISSING = [name for name in ("matplotlib", "optax", "flax")
            if importlib.util.find_spec(name) is None]
@@ -20,20 +20,11 @@ pytestmark = pytest.mark.skipif(
     bool(MISSING), reason=f"needs the experiments' packages ({MISSING} missing)")
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
-
-def _experiment_module(name):
-  """Imports ``experiments/<name>.py`` (the folder is not a package)."""
-  sys.path.insert(0, str(EXPERIMENTS))
-  try:
-    return importlib.import_module(name)
-  finally:
-    sys.path.remove(str(EXPERIMENTS))
 
 
 def test_quick_run_writes_a_complete_record(tmp_path):
-  benchmark = _experiment_module("benchmark_models")
+  benchmark = experiment_module("benchmark_models")
   paths = {"json": tmp_path / "record.json", "markdown": tmp_path / "rec.md",
            "plot": tmp_path / "chart.png"}
   record = benchmark.main(["--quick", "--repeats", "2", "--profile-steps", "1",
@@ -88,7 +79,7 @@ def test_quick_run_writes_a_complete_record(tmp_path):
 
 
 def test_networks_compute_the_same_function_three_ways():
-  networks = _experiment_module("networks")
+  networks = experiment_module("networks")
   network = networks.tiny_network()
   params = network.init(0)
   x = jnp.asarray(np.random.default_rng(0).standard_normal(
@@ -118,7 +109,7 @@ def test_networks_compute_the_same_function_three_ways():
 
 
 def test_flops_are_counted_from_the_layers():
-  benchmark = _experiment_module("benchmark_models")
+  benchmark = experiment_module("benchmark_models")
   network = benchmark.networks.NETWORKS["mnist1d_cnn"]
   params = jax.eval_shape(network.init, 0)           # only shapes are needed
   x = jax.ShapeDtypeStruct((3, *network.input_shape), jnp.float32)
@@ -130,8 +121,8 @@ def test_flops_are_counted_from_the_layers():
 def test_profile_labels_every_convolution_with_its_layer():
   """Forward and backward convolutions, including those XLA rebuilt
   without metadata to change their layout, get the scope of their layer."""
-  xla_profile = _experiment_module("xla_profile")
-  networks = _experiment_module("networks")
+  xla_profile = experiment_module("xla_profile")
+  networks = experiment_module("networks")
   ops = networks.lax_ops()
 
   def loss(w, head, x):
@@ -160,7 +151,7 @@ def test_profile_labels_every_convolution_with_its_layer():
 
 
 def test_agreement_flags_a_wrong_gradient():
-  benchmark = _experiment_module("benchmark_models")
+  benchmark = experiment_module("benchmark_models")
   oracle = {"w": np.array([1.0, -2.0, 4.0]), "b": np.array([0.5])}
   near = {"w": oracle["w"] * (1 + 1e-12), "b": oracle["b"]}
   wrong = {"w": oracle["w"] * 1.5, "b": oracle["b"]}     # a wrong rule

@@ -9,10 +9,11 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import EXPERIMENTS, experiment_module
 
 # The scripts' own dependencies: the `experiments` extra of pyproject.toml.
 MISSING = [name for name in ("matplotlib", "mnist1d", "sklearn", "tqdm")
@@ -20,7 +21,6 @@ MISSING = [name for name in ("matplotlib", "mnist1d", "sklearn", "tqdm")
 pytestmark = pytest.mark.skipif(
     bool(MISSING), reason=f"needs the experiments extra ({MISSING} missing)")
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def python(arguments, cwd, env=None) -> str:
@@ -116,17 +116,9 @@ def test_sharded_training_equals_single_device(tmp_path):
   assert "sharded == single device" in out
 
 
-def _experiment_module(name):
-  """Imports ``experiments/<name>.py`` (the folder is not a package)."""
-  sys.path.insert(0, str(EXPERIMENTS))
-  try:
-    return importlib.import_module(name)
-  finally:
-    sys.path.remove(str(EXPERIMENTS))
-
 
 def test_too_many_devices_is_explained():
-  training = _experiment_module("training")
+  training = experiment_module("training")
   with pytest.raises(SystemExit, match="xla_force_host_platform_device_count"):
     training._mesh(64, 64)
 
@@ -140,7 +132,7 @@ def test_benchmark_step_computes_the_forward_pass():
 
   import jax
   import jax.numpy as jnp
-  benchmark = _experiment_module("benchmark")
+  benchmark = experiment_module("benchmark")
   layer = benchmark.QUICK[-1]                 # a dense 3x3 layer
   x_shape, w_shape = layer.shapes(2)
   x = jax.random.normal(jax.random.key(0), x_shape)
@@ -170,7 +162,7 @@ def test_benchmark_quick_run(tmp_path):
   results = json.loads((tmp_path / "rows.json").read_text())
   rows = results["rows"]
   assert [row["layer"] for row in rows] == [
-      layer.name for layer in _experiment_module("benchmark").QUICK]
+      layer.name for layer in experiment_module("benchmark").QUICK]
   for row in rows:
     assert len(row["algorithms"].split("/")) == 3, row
     for key in ("jaxconv_fwd_ms", "lax_fwd_ms", "jaxconv_fwdbwd_ms",
@@ -184,7 +176,8 @@ def test_benchmark_quick_run(tmp_path):
   # The machine, with the policy jaxconv chose for it, and the command.
   import jaxconv
   assert re.search(r"^Measured \S+ on .+\(.+, \d+ cores\), .*jaxconv policy "
-                   rf"'{jaxconv.host_policy().name}'", table), table
+                   rf"{jaxconv.host_policy().name} \(the host's\)", table,
+                   re.M), table
   assert "Command: `python experiments/benchmark.py --quick" in table
   # ... and which kernel XLA runs 2-D convolutions with.
   assert results["xla_convolutions"] in ("ynnpack", "eigen")
@@ -235,7 +228,7 @@ def test_keep_freed_memory_stops_fresh_page_faults():
 
 
 def test_benchmark_chunks_times_the_chunk_sizes_it_names(tmp_path):
-  benchmark_chunks = _experiment_module("benchmark_chunks")
+  benchmark_chunks = experiment_module("benchmark_chunks")
   layer = next(layer for layer in benchmark_chunks.benchmark.SUITE
                if layer.name.startswith("1-D"))
   for chunk, count in ((1, 3), (2, 2), (None, 1)):
@@ -259,7 +252,7 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
   small layer whole until its folding thresholds are lowered (and, without
   the "stack" option, folds it one kernel row at a time)."""
   import jaxconv
-  bench = _experiment_module("benchmark_algorithms")
+  bench = experiment_module("benchmark_algorithms")
   variant = bench.parse_variant("auto:fold_min_elements=inf,chunk_samples=2")
   assert variant.algorithm == "auto" and variant.compiler_options is None
   assert variant.policy.thresholds.fold_min_elements == float("inf")

@@ -21,6 +21,7 @@ import pytest
 
 import jaxconv
 from jaxconv._algorithms import OPTIONS, PRESETS, RULES, host
+from jaxconv._algorithms.policy import HOST_PRESETS
 from tests.conv_cases import pass_shapes
 
 NCHW = ("NCHW", "OIHW", "NCHW")
@@ -39,6 +40,8 @@ LAYERS = {
                     dict(window_strides=2, dimension_numbers=NCHW)),
     "depthwise": ((28, 28, 128), (3, 3, 1, 128),
                   dict(feature_group_count=128)),
+    "depthwise 4x4": ((4, 4, 512), (3, 3, 1, 512),
+                      dict(feature_group_count=512)),
     "grouped": ((28, 28, 128), (3, 3, 32, 128), dict(feature_group_count=4)),
     "stem": ((224, 224, 3), (7, 7, 3, 64), dict(window_strides=2)),
     "1-D": ((256, 64), (5, 64, 64), dict(dimension_numbers=("NWC", "WIO",
@@ -57,45 +60,46 @@ LETTERS = dict(x="xla", s="shifted", w="window_dot", p="phased",
 # Layer, batch, then the forward pass, input gradient and kernel gradient's
 # algorithms under each preset, as XLA 0.10 runs by default (2-D
 # convolutions in YNNPACK, a grown one on the Eigen kernel).
-#           layer          batch  generic amd-avx2 amd-avx512 intel-avx512
+#     layer, batch, then generic, x86, amd-avx2, amd-avx512, intel-avx512
 TABLE = [
-    ("1x1", 8, "ssw", "ssw", "ssw", "ssw"),
-    ("1x1", 32, "ssw", "ssw", "ssw", "ssw"),
-    ("1x1 s2", 8, "spw", "spw", "spw", "spw"),
-    ("3x3", 8, "xxx", "rrf", "rrt", "rrt"),
-    ("3x3", 32, "xxx", "rrc", "rrt", "rrt"),
-    ("3x3 narrow", 8, "xxx", "xxx", "xxx", "xxx"),
-    ("3x3 narrow", 32, "xxx", "xxf", "xxt", "xxt"),
-    ("3x3 s2", 8, "xxx", "xxf", "kpt", "kpt"),
-    ("3x3 s2", 32, "xxx", "ccc", "cpt", "cpt"),
-    ("3x3 d2", 8, "xxx", "rrf", "rrt", "rrt"),
-    ("3x3 nchw", 8, "xxx", "rrf", "rrx", "rrk"),
-    ("3x3 nchw", 32, "xxx", "rrc", "rrc", "rrc"),
-    ("3x3 s2 nchw", 8, "xxx", "fxf", "fpx", "fpk"),
-    ("3x3 s2 nchw", 32, "xxx", "ccc", "cpc", "cpc"),
-    ("depthwise", 8, "ssw", "ssw", "ssw", "ssw"),
-    ("depthwise", 32, "ssw", "ssw", "ssw", "ssw"),
-    ("grouped", 8, "ggg", "ggg", "ggg", "ggg"),
-    ("stem", 8, "xxx", "xcc", "xcc", "xcc"),
-    ("1-D", 8, "xxx", "xxx", "xxx", "xxx"),
-    ("3-D", 8, "xxx", "fff", "fff", "fff"),
-    ("transposed", 8, "pxp", "pxp", "pxp", "pxp"),
-    ("transposed", 32, "pxp", "pxp", "pxp", "pxp"),
+    ("1x1", 8, "ssw", "ssw", "ssw", "ssw", "ssw"),
+    ("1x1", 32, "ssw", "ssw", "ssw", "ssw", "ssw"),
+    ("1x1 s2", 8, "spw", "spw", "spw", "spw", "spw"),
+    ("3x3", 8, "xxx", "xxx", "rrf", "rrt", "rrt"),
+    ("3x3", 32, "xxx", "xxx", "rrc", "rrt", "rrt"),
+    ("3x3 narrow", 8, "xxx", "xxx", "xxx", "xxx", "xxx"),
+    ("3x3 narrow", 32, "xxx", "xxx", "xxf", "xxt", "xxt"),
+    ("3x3 s2", 8, "xxx", "xxx", "xxf", "kpt", "kpt"),
+    ("3x3 s2", 32, "xxx", "xxx", "ccc", "cpt", "cpt"),
+    ("3x3 d2", 8, "xxx", "xxx", "rrf", "rrt", "rrt"),
+    ("3x3 nchw", 8, "xxx", "xxx", "rrf", "rrx", "rrk"),
+    ("3x3 nchw", 32, "xxx", "xxx", "rrc", "rrc", "rrc"),
+    ("3x3 s2 nchw", 8, "xxx", "xxx", "fxf", "fpx", "fpk"),
+    ("3x3 s2 nchw", 32, "xxx", "xxx", "ccc", "cpc", "cpc"),
+    ("depthwise", 8, "ssw", "ssw", "ssw", "ssw", "ssw"),
+    ("depthwise", 32, "ssw", "ssw", "ssw", "ssw", "ssw"),
+    ("depthwise 4x4", 32, "ssw", "ssw", "ssw", "ssw", "ssw"),
+    ("grouped", 8, "ggg", "ggg", "ggg", "ggg", "ggg"),
+    ("stem", 8, "xxx", "xxx", "xcc", "xcc", "xcc"),
+    ("1-D", 8, "xxx", "xxx", "xxx", "xxx", "xxx"),
+    ("3-D", 8, "xxx", "fff", "fff", "fff", "fff"),
+    ("transposed", 8, "pxp", "pxp", "pxp", "pxp", "pxp"),
+    ("transposed", 32, "pxp", "pxp", "pxp", "pxp", "pxp"),
 ]
 
 # The same with XLA's 2-D convolutions on its Eigen kernel (YNNPACK's turned
 # off in XLA_FLAGS): dense 2-D convolutions go to XLA on every preset.
 TABLE_EIGEN = [
-    ("3x3", 8, "xxx", "xxx", "xxx", "xxx"),
-    ("3x3 s2", 8, "xxx", "xxx", "xpx", "xpx"),
-    ("3x3 s2", 32, "xxx", "xcx", "xpx", "xpx"),
-    ("stem", 32, "xxx", "xcx", "xcx", "xcx"),
-    ("3x3 nchw", 32, "xxx", "xxx", "xxx", "xxx"),
-    ("1x1", 8, "ssw", "ssw", "ssw", "ssw"),
-    ("3-D", 8, "xxx", "fff", "fff", "fff"),
-    ("transposed", 8, "pxp", "pxp", "pxp", "pxp"),
+    ("3x3", 8, "xxx", "xxx", "xxx", "xxx", "xxx"),
+    ("3x3 s2", 8, "xxx", "xxx", "xxx", "xpx", "xpx"),
+    ("3x3 s2", 32, "xxx", "xxx", "xcx", "xpx", "xpx"),
+    ("stem", 32, "xxx", "xxx", "xcx", "xcx", "xcx"),
+    ("3x3 nchw", 32, "xxx", "xxx", "xxx", "xxx", "xxx"),
+    ("1x1", 8, "ssw", "ssw", "ssw", "ssw", "ssw"),
+    ("3-D", 8, "xxx", "fff", "fff", "fff", "fff"),
+    ("transposed", 8, "pxp", "pxp", "pxp", "pxp", "pxp"),
 ]
-PRESET_COLUMNS = ("generic", "amd-avx2", "amd-avx512", "intel-avx512")
+PRESET_COLUMNS = ("generic", "x86", "amd-avx2", "amd-avx512", "intel-avx512")
 
 
 def layer_step(layer, batch):
@@ -217,8 +221,8 @@ CPUINFO = [
 
 @pytest.mark.parametrize("cpuinfo, expected", CPUINFO)
 def test_cpu_class(cpuinfo, expected):
-  """Only the measured classes get their preset; every other CPU (other
-  vendors, x86 without AVX2, ARM, no /proc/cpuinfo) the generic one."""
+  """The measured classes are told apart; every other CPU (other vendors,
+  x86 without AVX2, ARM, no /proc/cpuinfo) is of the generic class."""
   assert host.cpu_class(cpuinfo) == expected
 
 
@@ -233,9 +237,11 @@ def test_cpuinfo_field_reads_the_first_processor():
 
 
 def test_host_policy_is_the_preset_of_the_host():
-  """The host's preset, with the two facts the probes found."""
+  """The default preset of the host's CPU class (``x86`` for every measured
+  x86 class, ``generic`` for the rest), with the two facts the probes
+  found."""
   policy = jaxconv.host_policy()
-  preset = PRESETS[host.cpu_class(host.host_cpuinfo())]
+  preset = PRESETS[HOST_PRESETS[host.cpu_class(host.host_cpuinfo())]]
   assert policy.name == preset.name and policy.options == preset.options
   assert policy.thresholds == preset.thresholds
   if jax.default_backend() == "cpu":
@@ -369,8 +375,8 @@ def test_stem_gradients_in_chunks(fold_kernel_gradients):
   fold only with ``fold_kernel_gradients``: each into its 7 output rows, 1-D
   convolutions contracting the chunk's 2 samples times the 112 rows of x^
   that one output row reads."""
-  options = ("chunk", "fold") + (("fold_kernel_gradients",)
-                                 if fold_kernel_gradients else ())
+  options = ("chunk", "fold", "fold_2d") + (
+      ("fold_kernel_gradients",) if fold_kernel_gradients else ())
   lhs = jax.ShapeDtypeStruct((8, 224, 224, 3), jnp.float32)
   rhs = jax.ShapeDtypeStruct((7, 7, 3, 64), jnp.float32)
   f = functools.partial(jaxconv.conv, stride=2, padding=((3, 3), (3, 3)))
@@ -392,11 +398,11 @@ def test_stem_gradients_in_chunks(fold_kernel_gradients):
                     reason="the policy steers CPU convolutions only")
 @pytest.mark.parametrize("fold_strided", [False, True])
 def test_strided_forward_folds_where_told(fold_strided):
-  """With ``fold_strided`` (and without ``stack``) the forward pass of the
-  stride-2 layer is one 1-D convolution per kernel row, each reading a
-  strided row slice merged with the batch (8 x 28 rows); without it, XLA's
-  one 2-D convolution."""
-  options = ("fold", "fold_strided") if fold_strided else ("fold",)
+  """With ``fold_strided`` (and 2-D folds, without ``stack``) the forward
+  pass of the stride-2 layer is one 1-D convolution per kernel row, each
+  reading a strided row slice merged with the batch (8 x 28 rows); without
+  it, XLA's one 2-D convolution."""
+  options = ("fold", "fold_2d") + (("fold_strided",) if fold_strided else ())
   lhs = jax.ShapeDtypeStruct((8, 56, 56, 64), jnp.float32)
   rhs = jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.float32)
   with jaxconv.use_policy(jaxconv.Policy("strided", options)):

@@ -38,11 +38,12 @@ def host_cpuinfo() -> str:
 
 
 def cpu_class(cpuinfo: str) -> str:
-  """The measured CPU class a ``/proc/cpuinfo`` text describes, the name of
-  its policy preset: ``"intel-avx512"`` (an Intel x86 CPU with AVX-512),
-  ``"amd-avx512"``, ``"amd-avx2"`` (an AMD one with AVX2 and without
-  AVX-512), or ``"generic"`` for every CPU of another kind (ARM lists no
-  ``flags``; other vendors and older x86 CPUs were never measured)."""
+  """The measured CPU class a ``/proc/cpuinfo`` text describes (the name of
+  the preset of rules tuned on it): ``"intel-avx512"`` (an Intel x86 CPU
+  with AVX-512), ``"amd-avx512"``, ``"amd-avx2"`` (an AMD one with AVX2 and
+  without AVX-512), or ``"generic"`` for every CPU of another kind (ARM
+  lists no ``flags``; other vendors and older x86 CPUs were never
+  measured)."""
   flags = cpuinfo_field(cpuinfo, "flags")
   if flags is None:
     return "generic"

@@ -6,7 +6,7 @@ choice is a pure function of the geometry, the shapes and that value
 (``rules.choose_algorithm``). The default is the preset of the host's CPU
 class, chosen once per process (``host_policy``); ``use_policy`` names
 another for a ``with`` block. A host of a class nobody measured gets the
-``"generic"`` preset: XLA's kernel plus the choices that win everywhere.
+``"generic"`` preset: XLA's kernel plus the choices that need no option.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from jaxconv._algorithms import host
 # The optional rules (rules.RULES names the one each row needs; the others
 # widen a row's condition).
 OPTIONS = (
-    "chunk",                  # "chunked": large dense convolutions by samples
-    "fold",                   # "folded": 3-D layers, 2-D ones of many features
+    "fold",                   # "folded": 3-D layers, plane by plane
+    "fold_2d",                # ... and 2-D layers of many features, by rows
     "fold_kernel_gradients",  # ... and 2-D kernel gradients of any features
     "fold_strided",           # ... and a strided first dimension
     "stack",                  # "stacked" for a 2-D fold in the taps form
+    "chunk",                  # "chunked": large dense convolutions by samples
     "phase_few_taps",         # "phased" with one or two taps per phase too
     "strips",                 # "strips" for channels-last 2-D kernel gradients
     "grow",                   # "grown" around YNNPACK's 2-D kernel
@@ -138,31 +139,41 @@ class Policy:
     return dataclasses.replace(self, **changes)
 
 
-# The presets, one per measured CPU class (host.cpu_class) and a
-# conservative one for the rest. The measurements behind each are in the
-# generated records of docs/benchmarks/.
+# The presets. A host of a measured x86 CPU class gets "x86": the rules that
+# need no option, and 3-D convolutions folded into planes, which made whole
+# training steps faster at no cost in compile time. The three presets named
+# after a CPU class add the rules tuned on that class for large single 2-D
+# layers; on whole networks they gained at most a tenth of a step and cost up
+# to twice the compile time, so they are for a user to name. A host of
+# another kind gets "generic". The measurements are in the generated records
+# of docs/benchmarks/.
 PRESETS = {
     "generic": Policy("generic"),
-    "amd-avx2": Policy("amd-avx2", ("chunk", "fold", "fold_kernel_gradients",
-                                    "grow")),
-    "amd-avx512": Policy("amd-avx512", ("chunk", "fold", "fold_strided",
-                                        "stack", "phase_few_taps", "strips",
-                                        "grow")),
+    "x86": Policy("x86", ("fold",)),
+    "amd-avx2": Policy("amd-avx2", ("fold", "fold_2d", "fold_kernel_gradients",
+                                    "chunk", "grow")),
+    "amd-avx512": Policy("amd-avx512", ("fold", "fold_2d", "fold_strided",
+                                        "stack", "chunk", "phase_few_taps",
+                                        "strips", "grow")),
     "intel-avx512": Policy("intel-avx512", OPTIONS),
 }
+
+# The default preset of each CPU class (host.cpu_class).
+HOST_PRESETS = {"intel-avx512": "x86", "amd-avx512": "x86", "amd-avx2": "x86",
+                "generic": "generic"}
 
 
 @functools.cache
 def host_policy() -> Policy:
-  """This host's policy: the preset of its CPU class (``"generic"`` for an
-  unmeasured one), with what XLA does to 2-D convolutions in this process,
-  probed by compiling two small ones, once (where the default backend is
-  the CPU; elsewhere the policy is not read).
+  """This host's policy: the default preset of its CPU class (``"x86"`` for
+  a measured x86 class, ``"generic"`` for any other), with what XLA does to
+  2-D convolutions in this process, probed by compiling two small ones, once
+  (where the default backend is the CPU; elsewhere the policy is not read).
 
   Returns:
     A ``Policy``.
   """
-  preset = PRESETS[host.cpu_class(host.host_cpuinfo())]
+  preset = PRESETS[HOST_PRESETS[host.cpu_class(host.host_cpuinfo())]]
   if jax.default_backend() != "cpu":
     return preset
   return preset.replace(
@@ -195,7 +206,7 @@ def use_policy(policy):
   traced with.
 
   Args:
-    policy: a ``Policy``, or the name of a preset: ``"generic"``,
+    policy: a ``Policy``, or the name of a preset: ``"generic"``, ``"x86"``,
       ``"amd-avx2"``, ``"amd-avx512"`` or ``"intel-avx512"``.
 
   Returns:

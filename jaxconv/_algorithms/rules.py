@@ -175,9 +175,10 @@ def _many_samples(c: Convolution, p: Policy) -> bool:
 def _foldable(c: Convolution, p: Policy) -> bool:
   t, g = p.thresholds, c.geometry
   kernel_gradient = chunked.sample_axis(g) == "feature"
-  return (p.has("fold") and not c.grouped and c.largest >= t.fold_min_elements
-          and (c.rank > 2 or c.in_features >= t.fold_min_features
-               or (kernel_gradient and p.has("fold_kernel_gradients")))
+  return (not c.grouped and c.largest >= t.fold_min_elements
+          and (c.rank > 2 or (p.has("fold_2d") and (
+              c.in_features >= t.fold_min_features
+              or (kernel_gradient and p.has("fold_kernel_gradients")))))
           and g.lhs_dilation[0] == 1
           and (folded.fold_form(g) == "positions" or g.window_strides[0] == 1
                or p.has("fold_strided"))
@@ -224,7 +225,7 @@ RULES = (
     Rule("stacked", "stack", _foldable_2d_taps,
          "a fold's kernel rows as one convolution: the input read once"),
     Rule("folded", "fold", _foldable,
-         "XLA's kernel is faster on rows (or planes) than on the whole"),
+         "XLA's kernel is faster on planes (or rows) than on the whole"),
 )
 
 
