@@ -4,18 +4,18 @@ A network here is a function ``apply(ops, params, x)`` written against an
 :class:`Ops` table, so that the same definition runs as
 
 * ``jaxconv_ops()``: jaxconv's layers (``jaxconv.conv``, ``max_pool``,
-  ``avg_pool``, ``relu``, ``dense``, ``softmax_cross_entropy``), every
-  gradient a hand-derived rule;
+  ``avg_pool``, ``batch_norm``, ``relu``, ``dense``,
+  ``softmax_cross_entropy``), every gradient a hand-derived rule;
 * ``lax_ops()``: the same layers from ``lax.conv_general_dilated``,
-  ``flax.linen`` pooling (``lax.reduce_window``), ``jax.nn.relu`` and optax's
-  cross-entropy, differentiated by ``jax.grad``;
+  ``flax.linen`` pooling (``lax.reduce_window``), batch normalisation in
+  ``jax.numpy``, ``jax.nn.relu`` and optax's cross-entropy, differentiated by
+  ``jax.grad``;
 * ``torch_ops()``: PyTorch's functional layers, channels first (NCHW,
   PyTorch's default memory format), with the same parameters converted by
   :func:`torch_params`.
 
-Batch normalisation (training mode: the batch's statistics) is written with
-``jax.numpy`` for both JAX tables alike: jaxconv has no normalisation layer.
-Every convolution pads ``k // 2`` on both sides, as PyTorch does, so that the
+Batch normalisation is in training mode (the batch's statistics) in all
+three. Every convolution pads ``k // 2`` on both sides, as PyTorch does, so that the
 three tables compute the same function of the same parameters.
 
 Each layer runs inside ``ops.scope(kind)`` (``jax.named_scope("layer:" +
@@ -105,7 +105,7 @@ def _pairs(padding):
 
 
 def _jax_common(name, **layers) -> Ops:
-  return Ops(name=name, batch_norm=_jax_batch_norm,
+  return Ops(name=name,
              flatten=lambda x: x.reshape(x.shape[0], -1),
              window=lambda w: tuple(w.shape[:-2]),
              spatial_shape=lambda x: tuple(x.shape[1:-1]),
@@ -124,6 +124,8 @@ def jaxconv_ops() -> Ops:
       avg_pool=lambda x, window, strides, padding: jaxconv.avg_pool(
           x, window, strides, padding),
       dense=jaxconv.dense,
+      batch_norm=lambda x, scale, offset, epsilon=1e-5: jaxconv.batch_norm(
+          x, scale, offset, epsilon=epsilon),
       loss=jaxconv.softmax_cross_entropy)
 
 
@@ -144,8 +146,9 @@ def _lax_dense(x, w, b):
 
 def lax_ops() -> Ops:
   """The twins: ``lax.conv_general_dilated``, Flax's pooling
-  (``lax.reduce_window``), ``jax.nn.relu``, ``x @ w + b`` and optax's
-  cross-entropy, all differentiated by ``jax.grad``."""
+  (``lax.reduce_window``), ``jax.nn.relu``, ``x @ w + b``, batch
+  normalisation in ``jax.numpy`` and optax's cross-entropy, all
+  differentiated by ``jax.grad``."""
   import optax
   from flax import linen
 
@@ -162,6 +165,7 @@ def lax_ops() -> Ops:
       avg_pool=lambda x, window, strides, padding: linen.avg_pool(
           x, window, strides, _pairs(padding)),
       dense=_lax_dense,
+      batch_norm=_jax_batch_norm,
       loss=loss)
 
 

@@ -65,6 +65,12 @@ from jaxconv.local import (
     conv_local_kernel_grad,
     conv_patches_grad,
 )
+from jaxconv.normalization import (
+    batch_norm,
+    batch_norm_input_grad,
+    batch_norm_offset_grad,
+    batch_norm_scale_grad,
+)
 from jaxconv.padding import PADDING_MODES, pad, pad_grad
 from jaxconv.pooling import (
     avg_pool,
@@ -127,6 +133,10 @@ __all__ = [
     "softmax_cross_entropy_grad",
     "tanh",
     "tanh_grad",
+    "batch_norm",
+    "batch_norm_input_grad",
+    "batch_norm_offset_grad",
+    "batch_norm_scale_grad",
     "avg_pool",
     "avg_pool_grad",
     "lp_pool",

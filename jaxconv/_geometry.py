@@ -229,13 +229,17 @@ def pool_window_count(size: int, pad_lo: int, pad_hi: int, window: int,
   return count
 
 
-def check_floating(x, name: str) -> np.dtype:
-  """Raises TypeError unless ``x`` is a real floating-point array."""
+def _dtype_of(x, name: str) -> np.dtype:
   dtype = getattr(x, "dtype", None)
   if dtype is None:
     raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
                     f"{type(x).__name__}.")
-  dtype = np.dtype(dtype)
+  return np.dtype(dtype)
+
+
+def check_floating(x, name: str) -> np.dtype:
+  """Raises TypeError unless ``x`` is a real floating-point array."""
+  dtype = _dtype_of(x, name)
   # jnp.issubdtype, not np.issubdtype: NumPy does not count the ml_dtypes
   # extension type bfloat16 as floating.
   if not jnp.issubdtype(dtype, jnp.floating):
@@ -273,11 +277,7 @@ def as_array(x, name: str) -> jax.Array:
 
 def check_inexact(x, name: str) -> np.dtype:
   """Raises TypeError unless ``x`` is a floating-point or complex array."""
-  dtype = getattr(x, "dtype", None)
-  if dtype is None:
-    raise TypeError(f"`{name}` must be a JAX or NumPy array, got "
-                    f"{type(x).__name__}.")
-  dtype = np.dtype(dtype)
+  dtype = _dtype_of(x, name)
   if not jnp.issubdtype(dtype, jnp.inexact):
     raise TypeError(
         f"`{name}` must have a floating-point or complex dtype (float16, "
@@ -285,29 +285,16 @@ def check_inexact(x, name: str) -> np.dtype:
   return dtype
 
 
-def check_same_inexact(a, b, a_name: str = "lhs", b_name: str = "rhs"):
-  """Raises TypeError unless ``a`` and ``b`` are inexact with one dtype.
+def check_same_dtype(a, b, a_name: str = "lhs", b_name: str = "rhs", *,
+                     complex_ok: bool = False):
+  """Raises TypeError unless ``a`` and ``b`` have one dtype, floating (or,
+  with ``complex_ok``, complex).
 
   Returns:
     The common dtype.
   """
-  a_dtype = check_inexact(a, a_name)
-  b_dtype = check_inexact(b, b_name)
-  if a_dtype != b_dtype:
-    raise TypeError(
-        f"`{a_name}` and `{b_name}` must have the same dtype, got {a_dtype} "
-        f"and {b_dtype}; cast one of them explicitly.")
-  return a_dtype
-
-
-def check_same_floating(a, b, a_name: str = "lhs", b_name: str = "rhs"):
-  """Raises TypeError unless ``a`` and ``b`` are floating with one dtype.
-
-  Returns:
-    The common dtype.
-  """
-  a_dtype = check_floating(a, a_name)
-  b_dtype = check_floating(b, b_name)
+  check = check_inexact if complex_ok else check_floating
+  a_dtype, b_dtype = check(a, a_name), check(b, b_name)
   if a_dtype != b_dtype:
     raise TypeError(
         f"`{a_name}` and `{b_name}` must have the same dtype, got {a_dtype} "

@@ -456,23 +456,38 @@ _PRECISION_TYPES = (lax.Precision, lax.DotAlgorithm, lax.DotAlgorithmPreset)
 
 
 def _canonical_precision(precision):
-  """``None``, one precision, or a ``(lhs, rhs)`` pair, as hashable values."""
+  """``None``, one precision, or a ``(lhs, rhs)`` pair, as hashable values.
+
+  Strings are read as lax reads them: a ``lax.Precision`` name or alias
+  (``"default"``, ``"high"``, ``"highest"``, ``"bfloat16"``,
+  ``"tensorfloat32"``, ``"float32"``, ``"fastest"``, ...) or the name of a
+  ``lax.DotAlgorithmPreset``.
+  """
   if precision is None:
     return None
   if isinstance(precision, (list, tuple)) and len(precision) == 2:
     return tuple(_canonical_precision(p) for p in precision)
   if isinstance(precision, str):
     try:
-      return lax.Precision[precision.upper()]
+      return lax.Precision(precision)
+    except ValueError:
+      pass
+    try:
+      return lax.DotAlgorithmPreset[precision]
     except KeyError:
       raise ValueError(
-          f"`precision` string must be one of 'default', 'high', 'highest', "
-          f"got {precision!r}.") from None
+          f"`precision` string must name a lax.Precision ("
+          f"{', '.join(repr(n) for n in _PRECISION_NAMES)}) or a "
+          f"lax.DotAlgorithmPreset, got {precision!r}.") from None
   if isinstance(precision, _PRECISION_TYPES):
     return precision
   raise TypeError(
       f"`precision` must be None, a lax.Precision, a string, a dot algorithm "
       f"or a pair of them, got {precision!r}.")
+
+
+_PRECISION_NAMES = ("default", "high", "highest", "bfloat16", "bfloat16_3x",
+                    "tensorfloat32", "float32", "fastest")
 
 
 _LAYER_NAMES = {"window_strides": "stride", "rhs_dilation": "dilation",
@@ -666,7 +681,8 @@ def _operands(lhs, rhs, lhs_name: str = "lhs", rhs_name: str = "rhs"):
   off) before the check that they share one floating or complex dtype."""
   lhs = _geometry.as_array(lhs, lhs_name)
   rhs = _geometry.as_array(rhs, rhs_name)
-  _geometry.check_same_inexact(lhs, rhs, lhs_name, rhs_name)
+  _geometry.check_same_dtype(lhs, rhs, lhs_name, rhs_name,
+                             complex_ok=True)
   return lhs, rhs
 
 

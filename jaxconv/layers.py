@@ -37,7 +37,7 @@ import numpy as np
 from jax import lax
 
 from jaxconv import _sharding
-from jaxconv._geometry import check_floating, check_same_floating
+from jaxconv._geometry import check_floating, check_same_dtype
 
 __all__ = [
     "dense",
@@ -107,7 +107,7 @@ def dense(x, w, b=None):
     Array([[3., 4., 5., 6.],
            [3., 4., 5., 6.]], dtype=float32)
   """
-  check_same_floating(x, w, "x", "w")
+  check_same_dtype(x, w, "x", "w")
   _check_min_ndim(x, 1, "x", "(the last is the feature axis)")
   if w.ndim != 2:
     raise ValueError(f"`w` must be 2-d with shape (d_in, d_out), got shape "
@@ -118,7 +118,7 @@ def dense(x, w, b=None):
         f"d_in = {w.shape[0]} (x shape {tuple(x.shape)}, w shape "
         f"{tuple(w.shape)}).")
   if b is not None:
-    check_same_floating(x, b, "x", "b")
+    check_same_dtype(x, b, "x", "b")
     if tuple(b.shape) != (w.shape[1],):
       raise ValueError(f"`b` must have shape (d_out,) = ({w.shape[1]},), got "
                        f"{tuple(b.shape)}.")
@@ -506,7 +506,7 @@ def mse(predictions, targets):
       differ.
     ValueError: ``predictions`` is 0-d, or the shapes differ.
   """
-  check_same_floating(predictions, targets, "predictions", "targets")
+  check_same_dtype(predictions, targets, "predictions", "targets")
   _check_min_ndim(predictions, 1, "predictions", "(the first is the batch)")
   if predictions.shape != targets.shape:
     raise ValueError(

@@ -302,3 +302,36 @@ def test_conv_general_dilated_without_spatial_dimensions():
       lhs, rhs, jnp.ones((2, 4)))
   for result, reference in zip(results, expected):
     assert_close(result, reference, jnp.float64)
+
+
+# ---------------------------------------------------------------------------
+# Precision: every spelling lax takes.
+# ---------------------------------------------------------------------------
+
+PRECISIONS = (None, "default", "high", "highest", "bfloat16", "bfloat16_3x",
+              "tensorfloat32", "float32", "fastest", lax.Precision.HIGH,
+              ("highest", "default"),
+              (lax.Precision.HIGHEST, lax.Precision.DEFAULT),
+              "F32_F32_F32", lax.DotAlgorithmPreset.DEFAULT)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS, ids=str)
+def test_precision_spellings(precision):
+  """lax's precision names and aliases, pairs of them, and dot algorithm
+  presets by name or value: jaxconv takes each and, in float32, gives lax's
+  output and gradients under it."""
+  kw = dict(KW, precision=precision)
+  rng = np.random.default_rng(0)
+  lhs = rng.normal(size=(2, 7, 6, 3)).astype(np.float32)
+  rhs = rng.normal(size=(3, 2, 3, 4)).astype(np.float32)
+  delta = rng.normal(size=(2, 4, 6, 4)).astype(np.float32)
+
+  def theirs(a, b, d):
+    y, pullback = jax.vjp(
+        lambda a, b: lax.conv_general_dilated(a, b, **kw), a, b)
+    return (y,) + pullback(d)
+
+  for ours, lax_ in zip(_our_step(kw)(lhs, rhs, delta),
+                        theirs(lhs, rhs, delta)):
+    assert ours.dtype == lax_.dtype == jnp.float32
+    np.testing.assert_allclose(ours, lax_, rtol=1e-5, atol=1e-5)

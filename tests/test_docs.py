@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -143,20 +144,21 @@ def test_page_examples_run(page):
       exec(compile(block, f"{page} block {i}", "exec"), namespace)
 
 
-def test_explain_page_shows_the_real_output(capsys):
-  """Each ``$ python -m jaxconv.explain ...`` block on docs/explain.md is
-  exactly what the command prints."""
+@pytest.mark.parametrize("page", ["explain.md", "worked-examples.md"])
+def test_explain_commands_show_their_real_output(page, capsys):
+  """Each ``$ python -m jaxconv.explain ...`` block on the page is exactly
+  what the command prints."""
   from jaxconv import explain
-  text = (DOCS / "explain.md").read_text("utf-8")
+  text = (DOCS / page).read_text("utf-8")
   blocks = re.findall(
       r"^```console\n\$ python -m jaxconv\.explain (.*?)\n(.*?)^```", text,
       re.M | re.S)
   assert len(blocks) >= 3
   for arguments, shown in blocks:
     capsys.readouterr()
-    assert explain.main(arguments.split()) == 0
+    assert explain.main(shlex.split(arguments)) == 0
     assert capsys.readouterr().out == shown, (
-        f"docs/explain.md is stale for: {arguments}")
+        f"docs/{page} is stale for: {arguments}")
 
 
 def test_figures_script_draws_and_checks(tmp_path, monkeypatch):

@@ -48,6 +48,8 @@ LAYERS = {
                                                             "NWC"))),
     "3-D": ((16, 16, 16, 16), (3, 3, 3, 16, 32),
             dict(dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))),
+    # A 3-D layer's planes once folded: many samples, small planes.
+    "planes": ((16, 16, 16), (3, 3, 16, 32), {}),
     "transposed": ((28, 28, 64), (4, 4, 64, 32),
                    dict(padding=((2, 2), (2, 2)), lhs_dilation=(2, 2))),
 }
@@ -83,6 +85,8 @@ TABLE = [
     ("stem", 8, "xxx", "xxx", "xcc", "xcc", "xcc"),
     ("1-D", 8, "xxx", "xxx", "xxx", "xxx", "xxx"),
     ("3-D", 8, "xxx", "fff", "fff", "fff", "fff"),
+    ("planes", 128, "xxx", "xxx", "xxf", "xxf", "xxf"),
+    ("planes", 512, "xxx", "xxf", "xxf", "xxf", "xxf"),
     ("transposed", 8, "pxp", "pxp", "pxp", "pxp", "pxp"),
     ("transposed", 32, "pxp", "pxp", "pxp", "pxp", "pxp"),
 ]

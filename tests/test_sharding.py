@@ -75,6 +75,8 @@ _SCRIPT = textwrap.dedent("""
         "adaptive_max_pool": lambda a, w: jaxconv.adaptive_max_pool(a, (4, 3)),
         "global_avg_pool": lambda a, w: jaxconv.global_avg_pool(a, 2),
         "global_max_pool": lambda a, w: jaxconv.global_max_pool(a, 2),
+        "batch_norm": lambda a, w: jaxconv.batch_norm(a, w[0, 0, :, 0],
+                                                      w[0, 0, :, 1]),
         "dense and relu": lambda a, w: jaxconv.relu(jaxconv.dense(
             a.reshape(a.shape[0], -1), jnp.tile(w.reshape(-1, 8), (8, 1)) / 8,
             jnp.ones(8))),
@@ -151,7 +153,8 @@ OPERATIONS = ["conv", "conv, 64 features (direct algorithms)",
               "conv_input_grad", "conv_kernel_grad", "patches", "local conv",
               "pad, reflect", "max_pool", "min_pool", "avg_pool", "lp_pool",
               "max_unpool", "adaptive_avg_pool", "adaptive_max_pool",
-              "global_avg_pool", "global_max_pool", "dense and relu"]
+              "global_avg_pool", "global_max_pool", "batch_norm",
+              "dense and relu"]
 
 
 @pytest.mark.parametrize("name", OPERATIONS)

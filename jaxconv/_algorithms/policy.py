@@ -24,7 +24,8 @@ from jaxconv._algorithms import host
 # The optional rules (rules.RULES names the one each row needs; the others
 # widen a row's condition).
 OPTIONS = (
-    "fold",                   # "folded": 3-D layers, plane by plane
+    "fold",                   # "folded": 3-D layers, plane by plane, and
+                              # 2-D kernel gradients of many samples by rows
     "fold_2d",                # ... and 2-D layers of many features, by rows
     "fold_kernel_gradients",  # ... and 2-D kernel gradients of any features
     "fold_strided",           # ... and a strided first dimension
@@ -59,6 +60,8 @@ class Thresholds:
       most this many times the input (the chunks' outputs are copied).
     fold_min_elements: fewest elements of the largest array to fold.
     fold_min_features: fewest contracted features of a 2-D fold.
+    fold_min_samples: fewest samples of a 2-D kernel gradient folded without
+      ``"fold_2d"``.
     strip_elements: most elements of a strip's largest operand.
     strip_min_elements: fewest elements of the largest array for strips.
     strip_min_width: fewest patch columns (input features x kernel columns).
@@ -82,6 +85,7 @@ class Thresholds:
   chunk_max_output_growth: int = 2
   fold_min_elements: int = 250_000
   fold_min_features: int = 64
+  fold_min_samples: int = 256
   strip_elements: int = 1 << 19
   strip_min_elements: int = 400_000
   strip_min_width: int = 64

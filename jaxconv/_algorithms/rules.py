@@ -175,10 +175,15 @@ def _many_samples(c: Convolution, p: Policy) -> bool:
 def _foldable(c: Convolution, p: Policy) -> bool:
   t, g = p.thresholds, c.geometry
   kernel_gradient = chunked.sample_axis(g) == "feature"
+  # 3-D and higher layers fold; so do 2-D kernel gradients of many samples
+  # (the planes a 3-D fold makes: samples x rows, each plane small). Other
+  # 2-D layers fold only under "fold_2d".
   return (not c.grouped and c.largest >= t.fold_min_elements
-          and (c.rank > 2 or (p.has("fold_2d") and (
-              c.in_features >= t.fold_min_features
-              or (kernel_gradient and p.has("fold_kernel_gradients")))))
+          and (c.rank > 2
+               or (kernel_gradient and c.in_features >= t.fold_min_samples)
+               or (p.has("fold_2d") and (
+                   c.in_features >= t.fold_min_features
+                   or (kernel_gradient and p.has("fold_kernel_gradients")))))
           and g.lhs_dilation[0] == 1
           and (folded.fold_form(g) == "positions" or g.window_strides[0] == 1
                or p.has("fold_strided"))
