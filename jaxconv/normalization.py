@@ -120,14 +120,13 @@ def batch_norm(x, scale=None, offset=None, *, epsilon: float = 1e-5,
                      f"feature axis), got shape {tuple(x.shape)}.")
   axis = _check_feature_axis(feature_axis, x.ndim)
   features = x.shape[axis]
-  if features and x.size // features == 0 or x.size == 0:
+  if x.size == 0:
     raise ValueError(f"`x` has no elements to average over per feature "
                      f"(shape {tuple(x.shape)}, feature axis {axis}).")
   scale = _check_per_feature(scale, "scale", features)
   offset = _check_per_feature(offset, "offset", features)
-  y, mean, variance = _batch_norm(x, scale, offset, _check_epsilon(epsilon),
-                                  axis)
-  return (y, mean, variance) if return_statistics else y
+  return _batch_norm(x, scale, offset, _check_epsilon(epsilon), axis,
+                     bool(return_statistics))
 
 
 def _per_feature(v, ndim: int, axis: int):
@@ -139,13 +138,10 @@ def _reduced_axes(ndim: int, axis: int) -> tuple[int, ...]:
   return tuple(a for a in range(ndim) if a != axis)
 
 
-def _compute_dtype(dtype):
-  return accumulation_dtype(dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _batch_norm(x, scale, offset, epsilon: float, axis: int):
-  return _batch_norm_fwd(x, scale, offset, epsilon, axis)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm(x, scale, offset, epsilon: float, axis: int,
+                statistics: bool):
+  return _batch_norm_fwd(x, scale, offset, epsilon, axis, statistics)[0]
 
 
 # Backward rule of batch normalisation, eqs. (76)-(80).
@@ -165,8 +161,9 @@ def _batch_norm(x, scale, offset, epsilon: float, axis: int):
 # elementwise pass) rather than kept beside x.
 
 
-def _batch_norm_fwd(x, scale, offset, epsilon: float, axis: int):
-  dtype = _compute_dtype(x.dtype)
+def _batch_norm_fwd(x, scale, offset, epsilon: float, axis: int,
+                    statistics: bool):
+  dtype = accumulation_dtype(x.dtype)
   xc = x.astype(dtype)
   axes = _reduced_axes(x.ndim, axis)
   mean = jnp.mean(xc, axes)
@@ -178,13 +175,18 @@ def _batch_norm_fwd(x, scale, offset, epsilon: float, axis: int):
   y = centred * _per_feature(factor, x.ndim, axis)
   if offset is not None:
     y = y + _per_feature(offset.astype(dtype), x.ndim, axis)
-  return (y.astype(x.dtype), mean, variance), (x, mean, variance, scale,
-                                               offset)
+  y = y.astype(x.dtype)
+  # Without the statistics as outputs, the rule has no zero cotangents of
+  # them to add (eq. 80).
+  return ((y, mean, variance) if statistics else y,
+          (x, mean, variance, scale, offset))
 
 
-def _batch_norm_bwd(epsilon: float, axis: int, residuals, cotangents):
+def _batch_norm_bwd(epsilon: float, axis: int, statistics: bool, residuals,
+                    cotangents):
   x, mean, variance, scale, offset = residuals
-  y_bar, mean_bar, variance_bar = cotangents
+  y_bar, mean_bar, variance_bar = (cotangents if statistics
+                                   else (cotangents, None, None))
   kw = dict(epsilon=epsilon, feature_axis=axis)
   dx = batch_norm_input_grad(y_bar, x, mean, variance, scale,
                              mean_cotangent=mean_bar,
@@ -220,7 +222,7 @@ def batch_norm_offset_grad(cotangent, *, feature_axis: int = -1):
     ``dE/dbeta``, shape ``(features,)``, in float32 for 16-bit cotangents.
   """
   axis = _check_feature_axis(feature_axis, cotangent.ndim)
-  return jnp.sum(cotangent.astype(_compute_dtype(cotangent.dtype)),
+  return jnp.sum(cotangent.astype(accumulation_dtype(cotangent.dtype)),
                  _reduced_axes(cotangent.ndim, axis))
 
 
@@ -241,7 +243,7 @@ def batch_norm_scale_grad(cotangent, x, mean, variance, *,
     ``dE/dgamma``, shape ``(features,)``, in float32 for 16-bit inputs.
   """
   axis = _check_feature_axis(feature_axis, x.ndim)
-  dtype = _compute_dtype(x.dtype)
+  dtype = accumulation_dtype(x.dtype)
   xhat, _ = _normalized(x, mean, variance, epsilon, axis, dtype)
   return jnp.sum(cotangent.astype(dtype) * xhat, _reduced_axes(x.ndim, axis))
 
@@ -271,7 +273,7 @@ def batch_norm_input_grad(cotangent, x, mean, variance, scale=None, *,
     ``dE/dx`` in ``x``'s dtype and shape.
   """
   axis = _check_feature_axis(feature_axis, x.ndim)
-  dtype = _compute_dtype(x.dtype)
+  dtype = accumulation_dtype(x.dtype)
   axes = _reduced_axes(x.ndim, axis)
   m = x.size // x.shape[axis]
   xhat, inv_std = _normalized(x, mean, variance, epsilon, axis, dtype)
