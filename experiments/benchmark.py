@@ -262,7 +262,7 @@ def measure(layer: Layer, batch: int, repeats: int, use_torch: bool) -> dict:
   if torch_fns:
     contenders["torch_fwd"], contenders["torch_fwdbwd"] = torch_fns
   times = timing.interleaved(contenders, repeats,
-                             untimed_after=lambda name: name.startswith("torch"))
+                             apart=lambda name: name.startswith("torch"))
   for label in ("jaxconv_fwd", "lax_fwd", "jaxconv_fwdbwd", "lax_fwdbwd",
                 "torch_fwd", "torch_fwdbwd"):
     row[f"{label}_ms"] = (times[label].seconds * 1e3 if label in times
@@ -333,7 +333,8 @@ def markdown(rows, matmul_rate, args, command: str) -> str:
       "",
       f"Command: `{command}`",
       "",
-      f"float32, median of {args.repeats} interleaved rounds; matmul rate "
+      f"float32, median of {args.repeats} interleaved rounds (PyTorch in "
+      f"rounds of its own); matmul rate "
       f"(2048² float32) {matmul_rate:.0f} GFLOP/s; XLA's 2-D convolutions: "
       f"{kernel}."
       + (" glibc told to keep freed memory (--keep-freed-memory)."

@@ -440,7 +440,7 @@ def measure(network: networks.Network, batch: int, args, order: int) -> dict:
                           args.policy)}
 
   timings = timing.interleaved(contenders, args.repeats,
-                               untimed_after=lambda name: name == "torch")
+                               apart=lambda name: name == "torch")
   row["step_ms"] = {side: t.seconds * 1e3 for side, t in timings.items()}
   row["step_samples_ms"] = {side: [s * 1e3 for s in t.samples]
                             for side, t in timings.items()}
@@ -557,7 +557,7 @@ def markdown(rows, meta) -> str:
       f"{meta['torch'] or 'not run'}; float32 matrix-product rate "
       f"{meta['matmul_gflops']:.0f} GFLOP/s; jaxconv's algorithm policy: "
       f"{meta['policy']}; median of {meta['repeats']} interleaved "
-      "rounds per step time.",
+      "rounds per step time (PyTorch in rounds of its own).",
       "",
       "How to read it: ratios are jaxconv / other (below 1: jaxconv is "
       "faster or smaller). PyTorch runs channels first (NCHW, its default "

@@ -148,8 +148,9 @@ def main(argv=None):
   key_x, key_g = jax.random.split(jax.random.PRNGKey(0))
   dtype = jnp.dtype(args.dtype)
   x = jax.random.normal(key_x, SHAPE, dtype)
-  lines = [f"input {SHAPE} {dtype}, {args.reps} interleaved rounds, median "
-           "ms; ratio = reference / jaxconv (> 1: jaxconv faster)."]
+  lines = [f"input {SHAPE} {dtype}, {args.reps} interleaved rounds (PyTorch "
+           "in rounds of its own), median ms; ratio = reference / jaxconv "
+           "(> 1: jaxconv faster)."]
   if use_torch:
     lines.append(f"torch {torch.__version__}, {torch.get_num_threads()} "
                  "threads, NCHW, symmetric padding with the same output size.")
@@ -177,7 +178,7 @@ def main(argv=None):
       forward["torch"], both["torch"] = torch_f, torch_fb
     for label, contenders in (("fwd", forward), ("fwd+bwd", both)):
       t = timing.interleaved(contenders, args.reps, warmup=2,
-                             untimed_after=lambda name: name == "torch")
+                             apart=lambda name: name == "torch")
       ms = {k: v.seconds * 1e3 for k, v in t.items()}
       cells = [name, label, f"{ms['jaxconv']:.2f}", f"{ms['flax']:.2f}",
                f"{ms['flax'] / ms['jaxconv']:.2f}"]

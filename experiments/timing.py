@@ -6,9 +6,9 @@ are compared. Rules that the measurements taught:
 
 * Every call is ended by ``jax.block_until_ready`` (PyTorch on the CPU is
   already synchronous), so a time is the whole call.
-* Whatever runs right after a PyTorch call is slowed down, and so is a JAX
-  call after a pause; a contender that follows PyTorch therefore first runs
-  once untimed.
+* Whatever runs right after a PyTorch call is slowed down (its thread pool
+  keeps spinning for a while), and so is a JAX call after a pause: PyTorch
+  is timed in rounds of its own, after the JAX programs' rounds.
 * The minor page faults of each call are counted too: on glibc a large
   temporary buffer is mapped afresh, and faulted in, on every call.
 """
@@ -56,7 +56,7 @@ class Timing:
 
 def interleaved(contenders: Mapping[str, Callable[[], Any]], repeats: int, *,
                 warmup: int = 1,
-                untimed_after: Callable[[str], bool] = lambda name: False,
+                apart: Callable[[str], bool] = lambda name: False,
                 ) -> dict[str, Timing]:
   """Times each of ``contenders`` (calls without arguments) ``repeats``
   times, one call of each per round, the order rotated every round.
@@ -65,30 +65,38 @@ def interleaved(contenders: Mapping[str, Callable[[], Any]], repeats: int, *,
     contenders: name -> a call to time.
     repeats: rounds.
     warmup: untimed calls of each before the first round.
-    untimed_after: for a contender's name, whether the next contender must
-      first run once untimed (``True`` after PyTorch).
+    apart: for a contender's name, whether it is timed in rounds of its own
+      group, after the others' (``True`` for PyTorch: its thread pool keeps
+      spinning after a call and slows whatever runs next).
 
   Returns:
     name -> ``Timing``.
   """
+  groups = [[n for n in contenders if not apart(n)],
+            [n for n in contenders if apart(n)]]
+  timings = {}
+  for names in groups:
+    if names:
+      timings.update(_rounds({n: contenders[n] for n in names}, repeats,
+                             warmup))
+  return {name: timings[name] for name in contenders}
+
+
+def _rounds(contenders, repeats, warmup):
   names = list(contenders)
   for name in names:
     for _ in range(warmup):
       block(contenders[name]())
   seconds = {name: [] for name in names}
   faults = {name: [] for name in names}
-  previous = None
   for round_index in range(repeats):
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
-      if previous is not None and untimed_after(previous):
-        block(contenders[name]())
       before = minor_faults()
       start = time.perf_counter()
       block(contenders[name]())
       seconds[name].append(time.perf_counter() - start)
       faults[name].append(minor_faults() - before)
-      previous = name
   return {name: Timing(statistics.median(seconds[name]),
                        statistics.median(faults[name]),
                        tuple(seconds[name])) for name in names}

@@ -309,3 +309,18 @@ def test_benchmark_algorithms_compiles_the_variants_it_names(capsys):
   assert len(rows) == 3, rows
   assert "input gradient" in rows[1] and rows[1].endswith("(xla / phased)"), (
       rows[1])
+
+
+def test_interleaved_rounds_rotate_and_keep_apart_groups_apart():
+  """Each round calls every contender once, in a rotated order; contenders
+  kept apart (PyTorch) run in rounds of their own after all the others."""
+  timing = experiment_module("timing")
+  calls = []
+  contenders = {name: (lambda name=name: calls.append(name))
+                for name in ("a", "b", "torch_x", "c")}
+  result = timing.interleaved(contenders, 3, warmup=0,
+                              apart=lambda name: name.startswith("torch"))
+  assert list(result) == ["a", "b", "torch_x", "c"]
+  assert calls[:9] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+  assert calls[9:] == ["torch_x"] * 3
+  assert all(len(t.samples) == 3 for t in result.values())

@@ -144,8 +144,9 @@ class Policy:
 
 
 # The presets. A host of a measured x86 CPU class gets "x86": the rules that
-# need no option, and 3-D convolutions folded into planes, which made whole
-# training steps faster at no cost in compile time. The three presets named
+# need no option, and 3-D convolutions folded into planes (the planes'
+# kernel gradients into rows), which made whole training steps faster at no
+# cost in compile time. The three presets named
 # after a CPU class add the rules tuned on that class for large single 2-D
 # layers; on whole networks they gained at most a tenth of a step and cost up
 # to twice the compile time, so they are for a user to name. A host of
