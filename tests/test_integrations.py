@@ -71,6 +71,16 @@ def test_equinox_module():
   assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
 
 
+def test_batch_norm_with_running_statistics():
+  """jaxconv.batch_norm in training, nnx.BatchNorm's running averages for
+  inference: the module trains and classifies with the averages."""
+  pytest.importorskip("flax.nnx")
+  namespace = _run("Batch normalisation with running statistics")
+  losses = namespace["losses"]
+  assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
+  assert float(namespace["accuracy"]) > 0.9
+
+
 def test_explicit_sharding_example():
   """The page's sharding example, on this process's devices (one, unless
   XLA_FLAGS made more; tests/test_sharding.py runs several)."""
