@@ -187,15 +187,12 @@ def _batch_norm_bwd(epsilon: float, axis: int, statistics: bool, residuals,
   x, mean, variance, scale, offset = residuals
   y_bar, mean_bar, variance_bar = (cotangents if statistics
                                    else (cotangents, None, None))
-  kw = dict(epsilon=epsilon, feature_axis=axis)
-  dx = batch_norm_input_grad(y_bar, x, mean, variance, scale,
-                             mean_cotangent=mean_bar,
-                             variance_cotangent=variance_bar, **kw)
-  dscale = None if scale is None else batch_norm_scale_grad(
-      y_bar, x, mean, variance, **kw).astype(scale.dtype)
-  doffset = None if offset is None else batch_norm_offset_grad(
-      y_bar, feature_axis=axis).astype(offset.dtype)
-  return dx, dscale, doffset
+  # (78) and (79) share their two sums: computed once, here.
+  dx, dscale, doffset = _gradients(y_bar, x, mean, variance, scale, epsilon,
+                                   axis, mean_bar, variance_bar)
+  return (dx,
+          None if scale is None else dscale.astype(scale.dtype),
+          None if offset is None else doffset.astype(offset.dtype))
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
@@ -273,6 +270,14 @@ def batch_norm_input_grad(cotangent, x, mean, variance, scale=None, *,
     ``dE/dx`` in ``x``'s dtype and shape.
   """
   axis = _check_feature_axis(feature_axis, x.ndim)
+  return _gradients(cotangent, x, mean, variance, scale, epsilon, axis,
+                    mean_cotangent, variance_cotangent)[0]
+
+
+def _gradients(cotangent, x, mean, variance, scale, epsilon, axis,
+               mean_cotangent, variance_cotangent):
+  """``(dE/dx, dE/dgamma, dE/dbeta)`` of eqs. (78)-(80), each sum once;
+  ``dE/dx`` in ``x``'s dtype, the others in the accumulation dtype."""
   dtype = accumulation_dtype(x.dtype)
   axes = _reduced_axes(x.ndim, axis)
   m = x.size // x.shape[axis]
@@ -290,4 +295,4 @@ def batch_norm_input_grad(cotangent, x, mean, variance, scale=None, *,
     # 2 (x_j - mu) / M = 2 xhat_j / (s M).
     dx = dx + xhat * _per_feature(
         2 * variance_cotangent.astype(dtype) / (inv_std * m), x.ndim, axis)
-  return dx.astype(x.dtype)
+  return dx.astype(x.dtype), scale_grad, offset_grad

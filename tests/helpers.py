@@ -30,9 +30,12 @@ TOLERANCE = {
 
 
 def scaled_error(actual, expected) -> float:
-  """max |actual - expected| / max(1, max |expected|), computed in float64."""
-  actual = np.asarray(actual, dtype=np.float64)
-  expected = np.asarray(expected, dtype=np.float64)
+  """max |actual - expected| / max(1, max |expected|), computed in float64
+  (complex128, with the complex modulus, where either side is complex)."""
+  dtype = (np.complex128 if np.iscomplexobj(actual) or np.iscomplexobj(
+      expected) else np.float64)
+  actual = np.asarray(actual, dtype=dtype)
+  expected = np.asarray(expected, dtype=dtype)
   assert actual.shape == expected.shape, (actual.shape, expected.shape)
   if expected.size == 0:
     return 0.0
@@ -56,29 +59,24 @@ def vjp_of(f, *args, cotangent_seed: int = 0):
 
 
 # Complex dtypes: the same bounds as their real parts' dtypes, measured with
-# the complex modulus (assert_close_complex; scaled_error would drop the
-# imaginary parts).
+# the complex modulus (scaled_error).
 TOLERANCE[np.dtype(np.complex128)] = 1e-10
 TOLERANCE[np.dtype(np.complex64)] = 1e-5
 
 
-def scaled_error_complex(actual, expected) -> float:
-  """max |actual - expected| / max(1, max |expected|), in complex128."""
-  actual = np.asarray(actual, dtype=np.complex128)
-  expected = np.asarray(expected, dtype=np.complex128)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  if expected.size == 0:
-    return 0.0
-  scale = max(1.0, float(np.max(np.abs(expected))))
-  return float(np.max(np.abs(actual - expected))) / scale
+BOUNDARY_MODES = ("eager", "jit", "eval_shape")
 
 
-def assert_close_complex(actual, expected, dtype, what: str = "") -> None:
-  """``assert_close`` for real or complex arrays."""
-  tolerance = TOLERANCE[np.dtype(dtype)]
-  error = scaled_error_complex(actual, expected)
-  assert error <= tolerance, (
-      f"{what}: scaled error {error:.3e} exceeds {tolerance:.1e} for {dtype}")
+def assert_raises_at_the_boundary(f, x, error, message, mode) -> None:
+  """``f(x)`` raises ``error`` matching ``message``, called eagerly, under
+  ``jax.jit`` or under ``jax.eval_shape`` (``mode``): arguments are checked
+  in Python, before anything is traced."""
+  import pytest
+  run = {"eager": lambda: f(x),
+         "jit": lambda: jax.jit(f)(x),
+         "eval_shape": lambda: jax.eval_shape(f, x)}[mode]
+  with pytest.raises(error, match=message):
+    run()
 
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"

@@ -17,6 +17,7 @@ from jax.test_util import check_grads
 import jaxconv
 from jaxconv import _pool_windows as windows
 from tests import pooling_oracles as oracles
+from tests.helpers import BOUNDARY_MODES, assert_raises_at_the_boundary
 
 NAN = float("nan")
 
@@ -468,13 +469,9 @@ ERRORS = [
 
 @pytest.mark.parametrize("f, error, message", [c[1:] for c in ERRORS],
                          ids=[c[0] for c in ERRORS])
-@pytest.mark.parametrize("mode", ["eager", "jit", "eval_shape"])
+@pytest.mark.parametrize("mode", BOUNDARY_MODES)
 def test_bad_arguments_raise_at_the_boundary(f, error, message, mode):
-  run = {"eager": lambda: f(X),
-         "jit": lambda: jax.jit(f)(X),
-         "eval_shape": lambda: jax.eval_shape(f, X)}[mode]
-  with pytest.raises(error, match=message):
-    run()
+  assert_raises_at_the_boundary(f, X, error, message, mode)
 
 
 def test_traced_static_arguments_are_refused_by_name():

@@ -17,7 +17,7 @@ import pytest
 from jax import lax
 
 import jaxconv
-from tests.helpers import assert_close_complex
+from tests.helpers import assert_close
 from tests.rebuilt_rules import conv_with
 
 COMPLEX = [jnp.complex128, jnp.complex64]
@@ -89,7 +89,7 @@ def compare_general_with_lax(lhs_shape, rhs_shape, kw, dtype, conv=None):
   expected = _forward_and_gradients(_lax_general(kw))((lhs, rhs), delta)
   for what, g, g_ref in zip(("forward", "d lhs", "d rhs"), results, expected):
     assert g.dtype == dtype
-    assert_close_complex(g, g_ref, dtype, what)
+    assert_close(g, g_ref, dtype, what)
   return (lhs, rhs), delta, expected
 
 
@@ -102,8 +102,8 @@ def test_general_matches_lax(name, lhs_shape, rhs_shape, kw, dtype):
   dx = jax.jit(lambda: jaxconv.conv_input_grad(delta, rhs, lhs.shape, **kw))()
   dw = jax.jit(lambda: jaxconv.conv_kernel_grad(lhs, delta, rhs.shape,
                                                 **kw))()
-  assert_close_complex(dx, expected[1], jnp.complex128, "conv_input_grad")
-  assert_close_complex(dw, expected[2], jnp.complex128, "conv_kernel_grad")
+  assert_close(dx, expected[1], jnp.complex128, "conv_input_grad")
+  assert_close(dw, expected[2], jnp.complex128, "conv_kernel_grad")
 
 
 def test_no_conjugation_in_either_gradient():
@@ -133,7 +133,7 @@ def test_gradient_of_a_real_loss_matches_lax():
       argnums=(0, 1)))(x, w)
   theirs = jax.jit(jax.grad(loss(_lax_general(kw)), argnums=(0, 1)))(x, w)
   for g, g_ref in zip(ours, theirs):
-    assert_close_complex(g, g_ref, jnp.complex128)
+    assert_close(g, g_ref, jnp.complex128)
 
 
 @pytest.mark.parametrize("transpose_kernel", [False, True])
@@ -151,7 +151,7 @@ def test_conv_transpose_matches_lax(dtype, transpose_kernel):
                                          delta.astype(dtype))
   expected = _forward_and_gradients(theirs)((x, w), delta)
   for what, g, g_ref in zip(("forward", "dx", "dw"), results, expected):
-    assert_close_complex(g, g_ref, dtype, what)
+    assert_close(g, g_ref, dtype, what)
 
 
 @pytest.mark.parametrize("dtype", COMPLEX)
@@ -174,9 +174,9 @@ def test_layer_with_bias_matches_lax(dtype):
   results = _forward_and_gradients(ours)(args, delta.astype(dtype))
   expected = _forward_and_gradients(theirs)((x, w, b), delta)
   for what, g, g_ref in zip(("forward", "dx", "dw", "db"), results, expected):
-    assert_close_complex(g, g_ref, dtype, what)
+    assert_close(g, g_ref, dtype, what)
   # eq. (11): the bias gradient is the sum of the deltas, unconjugated.
-  assert_close_complex(jaxconv.conv_bias_grad(delta), delta.sum((0, 1, 2, 3)),
+  assert_close(jaxconv.conv_bias_grad(delta), delta.sum((0, 1, 2, 3)),
                        jnp.complex128)
 
 
@@ -200,9 +200,9 @@ def test_gradient_of_gradient_matches_lax(name):
   results = _forward_and_gradients(ours)((lhs, rhs, delta), cotangents)
   expected = _forward_and_gradients(theirs)((lhs, rhs, delta), cotangents)
   for g, g_ref in zip(results[0], expected[0]):
-    assert_close_complex(g, g_ref, jnp.complex128, "first order")
+    assert_close(g, g_ref, jnp.complex128, "first order")
   for g, g_ref in zip(results[1:], expected[1:]):
-    assert_close_complex(g, g_ref, jnp.complex128, "second order")
+    assert_close(g, g_ref, jnp.complex128, "second order")
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "shifted"])
@@ -224,7 +224,7 @@ def test_preferred_complex128_for_complex64(algorithm):
   assert [r.dtype for r in results] == [e.dtype for e in expected] == [
       jnp.complex128, jnp.complex64, jnp.complex64]
   for what, g, g_ref in zip(("forward", "d lhs", "d rhs"), results, expected):
-    assert_close_complex(g, g_ref, jnp.complex64, what)
+    assert_close(g, g_ref, jnp.complex64, what)
 
 
 def test_jit_and_vmap():
@@ -234,7 +234,7 @@ def test_jit_and_vmap():
   f = lambda lhs: jaxconv.conv_general_dilated(lhs, rhs, (2,), "SAME")
   batched = jax.jit(jax.vmap(f))(lhs)
   for i in range(3):
-    assert_close_complex(batched[i], _lax_general(
+    assert_close(batched[i], _lax_general(
         dict(window_strides=(2,), padding="SAME"))(lhs[i], rhs),
         jnp.complex64)
 
@@ -281,7 +281,7 @@ def test_every_algorithm_on_complex_operands(algorithm):
   assert algorithm in used, f"{algorithm} was not used on {name}: {used}"
   for what, g, g_ref in zip(("forward", "d lhs", "d rhs"), results, expected):
     assert g.dtype == jnp.complex128
-    assert_close_complex(g, g_ref, jnp.complex128, f"{algorithm} {what}")
+    assert_close(g, g_ref, jnp.complex128, f"{algorithm} {what}")
 
 
 # Teeth: conjugating an operand in either gradient (the Hermitian adjoint in

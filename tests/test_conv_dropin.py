@@ -15,7 +15,7 @@ import pytest
 from jax import lax
 
 import jaxconv
-from tests.helpers import assert_close, assert_close_complex
+from tests.helpers import assert_close
 
 
 def _lax_step(kw):
@@ -110,7 +110,7 @@ def test_numpy_float64_with_x64_off(name, kind):
     for result in (ours(), jax.jit(ours)()):
       assert result.dtype == expected.dtype == expected_dtype, name
       assert result.shape == expected.shape
-      assert_close_complex(result, expected, expected_dtype, name)
+      assert_close(result, expected, expected_dtype, name)
 
 
 def test_numpy_float64_with_float32_kernel_and_x64_on():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxconv
+from tests.helpers import BOUNDARY_MODES, assert_raises_at_the_boundary
 
 X = jnp.zeros((2, 5, 5, 3))  # (batch, H, W, C)
 X1 = jnp.zeros((1, 5, 1))  # (batch, W, C)
@@ -127,13 +128,9 @@ CASES = [
 
 @pytest.mark.parametrize("f, error, message", [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("mode", ["eager", "jit", "eval_shape"])
+@pytest.mark.parametrize("mode", BOUNDARY_MODES)
 def test_bad_arguments_raise_at_the_boundary(f, error, message, mode):
-  run = {"eager": lambda: f(X),
-         "jit": lambda: jax.jit(f)(X),
-         "eval_shape": lambda: jax.eval_shape(f, X)}[mode]
-  with pytest.raises(error, match=message):
-    run()
+  assert_raises_at_the_boundary(f, X, error, message, mode)
 
 
 ORDERED_POOLS = [
